@@ -1,0 +1,1 @@
+"""Demo job handlers for the quick start, the tests and the benchmarks."""

@@ -1,0 +1,3 @@
+from supervisord.cli import main
+
+main()

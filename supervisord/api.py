@@ -1,0 +1,266 @@
+"""The client API: one handler per operation, exceptions mapped to error replies.
+
+Submits are not answered here: they join the master's batch and are
+acknowledged after the pipeline that writes them to Redis has returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+import redis
+
+from supervisord import protocol
+from supervisord.errors import (
+    JobsupError,
+    NotFound,
+    PayloadTooLarge,
+    ShuttingDown,
+    Timeout,
+    Unavailable,
+    UnknownJobType,
+)
+from supervisord.states import TERMINAL, JobStatus
+from supervisord.store import NewJob, history_entry, pack
+
+if TYPE_CHECKING:
+    from supervisord.master import Master
+
+log = logging.getLogger("jobsup.api")
+
+
+@dataclass(eq=False)
+class PendingSubmit:
+    """New jobs waiting for the pass's Redis write, and whom to answer after it."""
+
+    jobs: list[NewJob]
+    identity: bytes
+    rid: Any
+    many: bool
+
+
+@dataclass(eq=False)
+class Waiter:
+    identity: bytes
+    rid: Any
+    ids: list[str]
+    remaining: set[str]
+    records: bool
+    deadline: float | None
+
+
+class Api:
+    def __init__(self, master: Master) -> None:
+        self.m = master
+        self.waiters: dict[str, list[Waiter]] = {}
+
+    # -- framing ------------------------------------------------------------
+    def reply(self, identity: bytes, frame: bytes) -> None:
+        self.m.api_sock.send_multipart((identity, frame))
+
+    def fail(self, identity: bytes, rid: Any, exc: JobsupError) -> None:
+        self.reply(identity, protocol.error(rid, exc))
+
+    def handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            if frames:
+                self.fail(frames[0], None, protocol.BadRequest(
+                    f"expected one request frame, got {len(frames) - 1}"))
+            return
+        identity, frame = frames
+        rid = None
+        try:
+            rid, req = protocol.decode_request(frame, self.m.cfg.api.max_message)
+            getattr(self, f"op_{req.op}")(identity, rid, req)
+        except JobsupError as exc:
+            self.fail(identity, exc.details.get("rid", rid), exc)
+        except redis.RedisError as exc:
+            self.m.redis_failed(exc)
+            self.fail(identity, rid, Unavailable(f"Redis is unreachable ({exc}); try again"))
+        except Exception as exc:
+            log.exception("request failed")
+            self.fail(identity, rid, JobsupError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    # -- submits ------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self.m.accepting:
+            raise ShuttingDown("the daemon is shutting down and takes no new jobs; "
+                               "resubmit once it is back or to another node")
+        if not self.m.redis_up:
+            raise Unavailable("Redis is unreachable, so the job could not be stored; "
+                              "nothing was queued, try again shortly")
+
+    def _new_job(self, req: protocol.Submit | protocol.SubmitMany, payload: Any,
+                 key: str | None, now: float) -> NewJob:
+        cfg = self.m.cfg
+        jt = cfg.jobs[req.type]
+        schema = self.m.schemas.get(req.type)
+        if schema is not None:
+            try:
+                payload = schema.model_validate(payload).model_dump(mode="json")
+            except pydantic.ValidationError as exc:
+                raise protocol.invalid(exc, message=f"payload of {req.type!r} is invalid"
+                                       ) from None
+        try:
+            blob = pack(payload)
+        except (TypeError, ValueError) as exc:
+            raise protocol.ValidationError(f"payload cannot be encoded: {exc}") from None
+        if len(blob) > jt.max_payload:
+            raise PayloadTooLarge(
+                f"payload of {len(blob)} bytes is over max_payload {jt.max_payload} for "
+                f"{req.type!r}; store large data elsewhere and pass a reference")
+        run_at = req.run_at if req.run_at is not None else now + (req.delay or 0.0)
+        status = JobStatus.SCHEDULED if run_at > now + 0.001 else JobStatus.QUEUED
+        max_attempts = req.max_attempts or jt.max_attempts
+        return NewJob(
+            id=self.m.ids.next(), type=req.type, pool=cfg.pool_of(req.type), payload=blob,
+            priority=req.priority if req.priority is not None else jt.priority,
+            status=status, run_at=run_at if status == JobStatus.SCHEDULED else now,
+            max_attempts=max_attempts, timeout=req.timeout or jt.timeout or 0,
+            created_at=now, tags=req.tags, key=key or "", key_ttl=jt.key_ttl,
+            history=history_entry(status, 1, self.m.node, "submitted", now=now),
+        )
+
+    def _known(self, job_type: str) -> None:
+        if job_type not in self.m.cfg.jobs:
+            known = ", ".join(sorted(self.m.cfg.jobs)) or "none"
+            raise UnknownJobType(f"unknown job type {job_type!r}; this daemon runs: {known}")
+
+    def op_submit(self, identity: bytes, rid: Any, req: protocol.Submit) -> None:
+        self._known(req.type)
+        self._check_open()
+        job = self._new_job(req, req.payload, req.key, time.time())
+        self.m.batch.submits.append(PendingSubmit([job], identity, rid, many=False))
+
+    def op_submit_many(self, identity: bytes, rid: Any, req: protocol.SubmitMany) -> None:
+        self._known(req.type)
+        self._check_open()
+        if req.keys is not None and len(req.keys) != len(req.payloads):
+            raise protocol.ValidationError("keys must have one entry per payload")
+        keys = req.keys or [None] * len(req.payloads)
+        now = time.time()
+        jobs = []
+        for n, (payload, key) in enumerate(zip(req.payloads, keys, strict=True)):
+            try:
+                jobs.append(self._new_job(req, payload, key, now))
+            except JobsupError as exc:
+                exc.message = f"payloads[{n}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=True))
+
+    # -- queries ------------------------------------------------------------
+    def op_get(self, identity: bytes, rid: Any, req: protocol.Get) -> None:
+        record = self.m.store.get(req.id)
+        if record is None:
+            raise NotFound(f"no job {req.id} (it never existed or has expired)")
+        self.reply(identity, protocol.ok(rid, record))
+
+    def op_wait(self, identity: bytes, rid: Any, req: protocol.Wait) -> None:
+        statuses = self.m.store.status_of(req.ids)
+        missing = [i for i, s in zip(req.ids, statuses, strict=True) if s is None]
+        if missing:
+            raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
+                           ids=missing[:20])
+        remaining = {i for i, s in zip(req.ids, statuses, strict=True)
+                     if JobStatus(s) not in TERMINAL}
+        deadline = time.monotonic() + req.timeout if req.timeout is not None else None
+        waiter = Waiter(identity, rid, list(req.ids), remaining, req.records, deadline)
+        if not remaining:
+            self.answer([waiter])
+            return
+        for job_id in remaining:
+            self.waiters.setdefault(job_id, []).append(waiter)
+
+    def finished(self, job_id: str, done: list[Waiter]) -> None:
+        """A job reached a final state (committed): wake whoever waits for it."""
+        for waiter in self.waiters.pop(job_id, ()):
+            waiter.remaining.discard(job_id)
+            if not waiter.remaining:
+                done.append(waiter)
+
+    def answer(self, waiters: list[Waiter]) -> None:
+        need = sorted({i for w in waiters if w.records for i in w.ids})
+        records = dict(zip(need, self.m.store.get_many(need), strict=True)) if need else {}
+        statuses = {}
+        plain = sorted({i for w in waiters if not w.records for i in w.ids})
+        if plain:
+            statuses = dict(zip(plain, self.m.store.status_of(plain), strict=True))
+        for w in waiters:
+            if w.records:
+                result: Any = [records[i] for i in w.ids]
+            else:
+                result = {i: statuses[i] for i in w.ids}
+            self.reply(w.identity, protocol.ok(w.rid, result))
+
+    def expire_waiters(self, now: float) -> None:
+        expired = {id(w): w for ws in self.waiters.values() for w in ws
+                   if w.deadline is not None and w.deadline <= now}
+        if not expired:
+            return
+        for job_id in list(self.waiters):
+            left = [w for w in self.waiters[job_id] if id(w) not in expired]
+            if left:
+                self.waiters[job_id] = left
+            else:
+                del self.waiters[job_id]
+        for w in expired.values():
+            pending = sorted(w.remaining)
+            self.fail(w.identity, w.rid, Timeout(
+                f"{len(pending)} job(s) not finished in time: {', '.join(pending[:5])}",
+                ids=pending[:100]))
+
+    def recheck_waiters(self) -> None:
+        """Jobs finished by another node sharing Redis are found by a slow poll."""
+        ids = sorted(self.waiters)
+        if not ids:
+            return
+        done: list[Waiter] = []
+        for job_id, status in zip(ids, self.m.store.status_of(ids), strict=True):
+            if status is None or JobStatus(status) in TERMINAL:
+                self.finished(job_id, done)
+        if done:
+            self.answer(done)
+
+    def op_cancel(self, identity: bytes, rid: Any, req: protocol.Cancel) -> None:
+        record_type = self.m.store.r.hget(self.m.store.keys.job(req.id), "type")
+        ttl = self.m.policy(record_type.decode()).failure_ttl if record_type else 86400.0
+        status, extra = self.m.store.cancel(req.id, ttl)
+        if status == "missing":
+            raise NotFound(f"no job {req.id} (it never existed or has expired)")
+        if status == "running":
+            local = self.m.request_cancel(req.id, extra)
+            result = {"id": req.id, "status": "cancelling", "local": local}
+        elif status == "cancelled":
+            self.m.cancelled_before_run(req.id)
+            result = {"id": req.id, "status": "cancelled"}
+        else:
+            result = {"id": req.id, "status": status, "message": f"job already {status}"}
+        self.reply(identity, protocol.ok(rid, result))
+
+    def op_jobs(self, identity: bytes, rid: Any, req: protocol.Jobs) -> None:
+        tag = (req.tag[0], req.tag[1]) if req.tag else None
+        ids, cursor = self.m.store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
+        records = [r for r in self.m.store.get_many(ids) if r is not None]
+        self.reply(identity, protocol.ok(rid, {"jobs": records, "cursor": cursor}))
+
+    def op_status(self, identity: bytes, rid: Any, req: protocol.Status) -> None:
+        self.reply(identity, protocol.ok(rid, self.m.describe()))
+
+    def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
+        self.reply(identity, protocol.ok(rid, {"node": self.m.node, "pid": os.getpid(),
+                                               "version": protocol.PROTOCOL_VERSION,
+                                               "events": self.m.cfg.api.events}))
+
+    def op_shutdown(self, identity: bytes, rid: Any, req: protocol.Shutdown) -> None:
+        self.m.begin_shutdown(fast=req.fast, why="stop requested over the API")
+        self.reply(identity, protocol.ok(rid, {"stopping": True, "fast": req.fast}))
+
+    def op_reload(self, identity: bytes, rid: Any, req: protocol.Reload) -> None:
+        errors = self.m.reload()
+        self.reply(identity, protocol.ok(rid, {"reloaded": not errors, "errors": errors}))

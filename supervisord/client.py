@@ -1,0 +1,258 @@
+"""The Python client: ``from supervisord import Client``.
+
+Synchronous and small.  One DEALER socket for requests (each reply matched by
+its request id, so a reply that arrives after a timeout is never mistaken for
+the next one) and, for ``events``, one SUB socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import zmq
+from pydantic import BaseModel, ConfigDict
+
+from supervisord.errors import JobFailed, Timeout, Unavailable, from_wire
+from supervisord.protocol import PROTOCOL_VERSION, encode
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
+_TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class Job(BaseModel):
+    """A job record as the daemon stores it (DESIGN.md section 3)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: str
+    pool: str | None = None
+    status: str
+    payload: Any = None
+    priority: int = 0
+    attempt: int = 1
+    max_attempts: int = 1
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_at: float | None = None
+    timeout: float | None = None
+    worker: dict | None = None
+    progress: float = 0.0
+    progress_message: str | None = None
+    result: Any = None
+    error: dict | None = None
+    history: list[dict] = []
+    tags: dict[str, str] | None = None
+    key: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in _TERMINAL
+
+
+class Client:
+    """Talks to one jobsup daemon.  Use as a context manager, or call ``close``."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 connect_timeout: float = 3.0, events_endpoint: str | None = None,
+                 curve_server_key: str | None = None,
+                 curve_client_cert: str | None = None) -> None:
+        self.endpoint = endpoint or os.environ.get("JOBSUP_ENDPOINT") or DEFAULT_ENDPOINT
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.events_endpoint = events_endpoint
+        self._curve = (curve_server_key or os.environ.get("JOBSUP_CURVE_SERVER_KEY"),
+                       curve_client_cert or os.environ.get("JOBSUP_CURVE_CLIENT_CERT"))
+        self._ctx = zmq.Context()
+        self._rids = itertools.count(1)
+        self._sock: zmq.Socket | None = None
+
+    # -- plumbing -----------------------------------------------------------------
+    def _secure(self, sock: zmq.Socket) -> None:
+        server_key, client_cert = self._curve
+        if not server_key:
+            return
+        import zmq.auth
+
+        server_public, _ = zmq.auth.load_certificate(server_key)
+        public, secret = zmq.auth.load_certificate(client_cert)
+        sock.curve_serverkey = server_public
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            self._secure(sock)
+            sock.connect(self.endpoint)
+            if not sock.poll(self.connect_timeout * 1000, zmq.POLLOUT):
+                sock.close()
+                raise Unavailable(f"no jobsup daemon answers at {self.endpoint} (waited "
+                                  f"{self.connect_timeout:g}s); is `jobsup run` running, and "
+                                  "is this the right endpoint?")
+            self._sock = sock
+        return self._sock
+
+    def call(self, op: str, reply_timeout: float | None = -1.0, **fields: Any) -> Any:
+        """Send one request and return its result, raising the daemon's error."""
+        sock = self._socket()
+        rid = next(self._rids)
+        sock.send(encode({"v": PROTOCOL_VERSION, "op": op, "rid": rid, **fields}))
+        limit = self.timeout if reply_timeout == -1.0 else reply_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not sock.poll(None if left is None else left * 1000):
+                self._reset()
+                raise Unavailable(f"no reply from {self.endpoint} within {limit:g}s to '{op}'")
+            reply = msgpack.unpackb(sock.recv(), raw=False)
+            if reply.get("rid") != rid:
+                continue  # the late reply to an earlier request that timed out
+            if reply.get("ok"):
+                return reply.get("result")
+            raise from_wire(reply.get("error") or {})
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def close(self) -> None:
+        self._reset()
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs ---------------------------------------------------------------------
+    @staticmethod
+    def _options(priority: int | None, timeout: float | None, max_attempts: int | None,
+                 delay: float | None, run_at: float | None,
+                 tags: dict[str, str] | None) -> dict[str, Any]:
+        opts: dict[str, Any] = {"priority": priority, "timeout": timeout,
+                                "max_attempts": max_attempts, "delay": delay,
+                                "run_at": run_at, "tags": tags or {}}
+        for name in ("timeout", "delay", "run_at"):
+            if isinstance(opts[name], int):
+                opts[name] = float(opts[name])
+        return {k: v for k, v in opts.items() if v is not None}
+
+    def submit(self, type: str, payload: Any = None, *, priority: int | None = None,
+               timeout: float | None = None, max_attempts: int | None = None,
+               delay: float | None = None, run_at: float | None = None,
+               tags: dict[str, str] | None = None, key: str | None = None) -> str:
+        """Queue one job; returns its id once it is stored in Redis."""
+        opts = self._options(priority, timeout, max_attempts, delay, run_at, tags)
+        if key is not None:
+            opts["key"] = key
+        return self.call("submit", type=type, payload=payload, **opts)["id"]
+
+    def submit_many(self, type: str, payloads: list[Any], *, priority: int | None = None,
+                    timeout: float | None = None, max_attempts: int | None = None,
+                    delay: float | None = None, run_at: float | None = None,
+                    tags: dict[str, str] | None = None,
+                    keys: list[str | None] | None = None) -> list[str]:
+        """Queue many jobs of one type in one round trip and one atomic write."""
+        opts = self._options(priority, timeout, max_attempts, delay, run_at, tags)
+        if keys is not None:
+            opts["keys"] = keys
+        return self.call("submit_many", type=type, payloads=list(payloads), **opts)
+
+    def get(self, job_id: str) -> Job:
+        return Job.model_validate(self.call("get", id=job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             raise_on_failure: bool = False) -> Job:
+        """Block until the job is final; raises ``Timeout`` if ``timeout`` passes first."""
+        job = self.wait_many([job_id], timeout)[0]
+        if raise_on_failure and job.status != "succeeded":
+            raise JobFailed(f"job {job_id} {job.status}: {(job.error or {}).get('message')}",
+                            id=job_id, error=job.error)
+        return job
+
+    def wait_many(self, job_ids: list[str], timeout: float | None = None) -> list[Job]:
+        """Block until every job is final; one request however many jobs."""
+        fields: dict[str, Any] = {"ids": list(job_ids)}
+        if timeout is not None:
+            fields["timeout"] = float(timeout)
+        call_timeout = None if timeout is None else timeout + self.timeout
+        return [Job.model_validate(r) for r in self.call("wait", reply_timeout=call_timeout,
+                                                         **fields)]
+
+    def cancel(self, job_id: str) -> dict:
+        return self.call("cancel", id=job_id)
+
+    def jobs(self, status: str | None = None, type: str | None = None,
+             tag: tuple[str, str] | None = None, limit: int = 50,
+             cursor: float | None = None) -> list[Job]:
+        """Newest first.  For the next page, see ``jobs_page``."""
+        return self.jobs_page(status, type, tag, limit, cursor)[0]
+
+    def jobs_page(self, status: str | None = None, type: str | None = None,
+                  tag: tuple[str, str] | None = None, limit: int = 50,
+                  cursor: float | None = None) -> tuple[list[Job], float | None]:
+        fields: dict[str, Any] = {"limit": limit}
+        for name, value in (("status", status), ("type", type), ("cursor", cursor)):
+            if value is not None:
+                fields[name] = value
+        if tag is not None:
+            fields["tag"] = list(tag)
+        page = self.call("jobs", **fields)
+        return [Job.model_validate(r) for r in page["jobs"]], page["cursor"]
+
+    def status(self) -> dict:
+        return self.call("status")
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def shutdown(self, fast: bool = False) -> dict:
+        return self.call("shutdown", fast=fast)
+
+    def reload(self) -> dict:
+        return self.call("reload")
+
+    # -- events -------------------------------------------------------------------
+    def events(self, job_id: str | None = None, timeout: float | None = None
+               ) -> Iterator[dict]:
+        """Live events; for one job, starting with its current state and ending at a final one."""
+        endpoint = self.events_endpoint or self.ping()["events"]
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        self._secure(sub)
+        sub.setsockopt(zmq.SUBSCRIBE, job_id.encode() if job_id else b"")
+        sub.connect(endpoint)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            time.sleep(0.05)  # let the subscription reach the publisher before we look
+            if job_id:
+                job = self.get(job_id)
+                yield {"event": "state", "job": job_id, "status": job.status,
+                       "attempt": job.attempt, "progress": job.progress,
+                       "message": job.progress_message, "t": time.time(), "current": True}
+                if job.terminal:
+                    return
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Timeout(f"no final state within {timeout:g}s")
+                if not sub.poll(None if left is None else max(1, int(left * 1000))):
+                    continue
+                _, body = sub.recv_multipart()
+                event = msgpack.unpackb(body, raw=False)
+                yield event
+                if job_id and event.get("event") == "state" and event.get("status") in _TERMINAL:
+                    return
+        finally:
+            sub.close(linger=0)

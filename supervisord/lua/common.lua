@@ -1,0 +1,38 @@
+-- Shared by every jobsup script; ARGV[1] is always the key prefix.
+-- Key names must match supervisord/keys.py.
+local P = ARGV[1]
+local function k_job(id) return P .. ':job:' .. id end
+local function k_hist(id) return P .. ':hist:' .. id end
+local function k_queue(pool) return P .. ':queue:' .. pool end
+local function k_owned(node) return P .. ':owned:' .. node end
+local K_SCHEDULED = P .. ':scheduled'
+local K_EXPIRY = P .. ':expiry'
+local K_DLQ = P .. ':dlq'
+
+-- Move a job between status indexes; the score is its creation time so that
+-- listings come newest first.
+local function index_status(id, old, new, created)
+  if old and old ~= '' and old ~= new then
+    redis.call('ZREM', P .. ':idx:status:' .. old, id)
+  end
+  redis.call('ZADD', P .. ':idx:status:' .. new, created, id)
+end
+
+-- Put a job at its place in its pool's queue: higher priority first, then
+-- older ids (ids sort by submission time).
+local function enqueue(id, pool, priority)
+  redis.call('ZADD', k_queue(pool), -tonumber(priority), id)
+end
+
+local function push_history(id, entry)
+  if entry and entry ~= '' then
+    redis.call('RPUSH', k_hist(id), entry)
+  end
+end
+
+local function owner_of(token)
+  if not token then return nil end
+  local sep = string.find(token, '|', 1, true)
+  if not sep then return nil end
+  return string.sub(token, 1, sep - 1)
+end

@@ -1,0 +1,53 @@
+"""Prometheus metrics of DESIGN.md section 5, served on ``metrics.listen``."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("jobsup.metrics")
+
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.submitted = Counter("jobsup_jobs_submitted", "Jobs accepted", ["type"], registry=r)
+        self.started = Counter("jobsup_jobs_started", "Attempts started", ["type"], registry=r)
+        self.succeeded = Counter("jobsup_jobs_succeeded", "Jobs that ended succeeded", ["type"],
+                                 registry=r)
+        self.failed = Counter("jobsup_jobs_failed", "Jobs that ended failed", ["type", "kind"],
+                              registry=r)
+        self.retried = Counter("jobsup_jobs_retried", "Retries scheduled", ["type", "kind"],
+                               registry=r)
+        self.restarts = Counter("jobsup_worker_restarts", "Workers replaced",
+                                ["pool", "reason"], registry=r)
+        self.duration = Histogram("jobsup_job_duration_seconds", "Attempt run time", ["type"],
+                                  buckets=_DURATION_BUCKETS, registry=r)
+        self.queue_wait = Histogram("jobsup_job_queue_wait_seconds", "Time from due to start",
+                                    ["type"], buckets=_DURATION_BUCKETS, registry=r)
+        self.queue_depth = Gauge("jobsup_queue_depth", "Jobs queued", ["pool"], registry=r)
+        self.running = Gauge("jobsup_jobs_running", "Jobs running", ["pool"], registry=r)
+        self.workers = Gauge("jobsup_workers", "Workers by state", ["pool", "state"],
+                             registry=r)
+        self.rss = Gauge("jobsup_worker_rss_bytes", "Worker tree RSS", ["pool", "worker"],
+                         registry=r)
+        self.circuit = Gauge("jobsup_circuit_state", "0 closed, 1 half-open, 2 open", ["type"],
+                             registry=r)
+        self.dead_letters = Gauge("jobsup_dead_letter_jobs", "Jobs in the dead-letter set",
+                                  registry=r)
+        self.redis_up = Gauge("jobsup_redis_up", "1 when Redis answers", registry=r)
+        self.degraded = Gauge("jobsup_pool_degraded", "1 while a pool is in restart backoff",
+                              ["pool"], registry=r)
+        self.port: int | None = None
+
+    def serve(self, listen: str) -> None:
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"),
+                                            registry=self.registry)
+        self.port = server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", host, self.port)

@@ -1,0 +1,150 @@
+"""The client API on the wire: one pydantic model per operation, msgpack frames.
+
+A request is one frame holding a map ``{"v": 1, "op": ..., "rid": ..., ...}``;
+the reply is one frame ``{"v": 1, "rid": ..., "ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgpack
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from supervisord.errors import BadRequest, JobsupError, ValidationError
+from supervisord.states import JobStatus
+
+PROTOCOL_VERSION = 1
+
+JobId = Annotated[str, Field(pattern=r"^[0-9a-z]{1,64}$")]
+TagMap = dict[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^=\n]+$")],
+              Annotated[str, Field(max_length=1024, pattern=r"^[^\n]*$")]]
+Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    v: Literal[1] = 1
+    rid: int | str | None = None
+
+
+class _JobOptions(_Request):
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    priority: Priority | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    delay: Annotated[float, Field(ge=0)] | None = None
+    run_at: float | None = None
+    tags: TagMap = Field(default_factory=dict)
+
+
+class Submit(_JobOptions):
+    op: Literal["submit"]
+    payload: Any = None
+    key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+
+class SubmitMany(_JobOptions):
+    op: Literal["submit_many"]
+    payloads: Annotated[list[Any], Field(min_length=1, max_length=100_000)]
+    keys: list[Annotated[str, Field(min_length=1, max_length=256)] | None] | None = None
+
+
+class Get(_Request):
+    op: Literal["get"]
+    id: JobId
+
+
+class Wait(_Request):
+    op: Literal["wait"]
+    ids: Annotated[list[JobId], Field(min_length=1, max_length=100_000)]
+    timeout: Annotated[float, Field(ge=0)] | None = None
+    records: bool = True
+
+
+class Cancel(_Request):
+    op: Literal["cancel"]
+    id: JobId
+
+
+class Jobs(_Request):
+    op: Literal["jobs"]
+    status: Literal[tuple(s.value for s in JobStatus)] | None = None  # type: ignore[valid-type]
+    type: str | None = None
+    tag: Annotated[list[str], Field(min_length=2, max_length=2)] | None = None
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    cursor: float | None = None
+
+
+class Status(_Request):
+    op: Literal["status"]
+
+
+class Ping(_Request):
+    op: Literal["ping"]
+
+
+class Shutdown(_Request):
+    op: Literal["shutdown"]
+    fast: bool = False
+
+
+class Reload(_Request):
+    op: Literal["reload"]
+
+
+Request = Annotated[
+    Submit | SubmitMany | Get | Wait | Cancel | Jobs | Status | Ping | Shutdown | Reload,
+    Field(discriminator="op"),
+]
+_REQUEST = TypeAdapter(Request)
+OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "status", "ping",
+              "shutdown", "reload")
+
+
+def encode(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def decode_request(frame: bytes, max_size: int) -> tuple[Any, Any]:
+    """Parse one request frame; returns (rid, model) or raises a JobsupError."""
+    if len(frame) > max_size:
+        raise BadRequest(f"request of {len(frame)} bytes is over the {max_size} byte limit")
+    try:
+        data = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise BadRequest(f"request is not a valid msgpack frame ({type(exc).__name__}: {exc})"
+                         ) from None
+    if not isinstance(data, dict):
+        raise BadRequest("request must be a msgpack map with an 'op' field")
+    rid = data.get("rid")
+    if data.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise BadRequest(f"protocol version {data.get('v')!r} is not supported; "
+                         f"this daemon speaks v{PROTOCOL_VERSION}", rid=rid)
+    op = data.get("op")
+    if op not in OPERATIONS:
+        raise BadRequest(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}", rid=rid)
+    try:
+        return rid, _REQUEST.validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise invalid(exc, rid) from None
+
+
+def invalid(exc: pydantic.ValidationError, rid: Any = None,
+            message: str = "invalid request") -> ValidationError:
+    errors = [{"loc": ".".join(str(p) for p in e["loc"][1:] or e["loc"]) or "(request)",
+               "msg": e["msg"]} for e in exc.errors()]
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:10])
+    return ValidationError(f"{message}: {detail}", errors=errors, rid=rid)
+
+
+def ok(rid: Any, result: Any) -> bytes:
+    return encode({"v": PROTOCOL_VERSION, "rid": rid, "ok": True, "result": result})
+
+
+def error(rid: Any, exc: JobsupError) -> bytes:
+    wire = exc.to_wire()
+    wire["details"] = {k: v for k, v in wire["details"].items() if k != "rid"}
+    return encode({"v": PROTOCOL_VERSION, "rid": rid, "ok": False, "error": wire})

@@ -1,0 +1,312 @@
+"""Redis as the state of record: every job transition is one atomic script call.
+
+The master gathers one loop pass of transitions and sends them as one
+``apply`` call (plus one ``submit`` call for new jobs) in a single pipeline, so
+the per-job cost is a few Redis commands inside Lua, not a round trip each.
+Every change to a job that a worker ran is fenced by the attempt's lease
+token: a stale attempt's result is discarded by the script, not by Python.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import redis
+
+from supervisord.keys import Keys
+from supervisord.states import TERMINAL, JobStatus
+
+_RECORD_BLOBS = ("payload", "result", "error", "tags")
+_NUMBERS = {
+    "priority": int, "attempt": int, "max_attempts": int, "crashes": int, "rate_limited": int,
+    "progress": float, "timeout": float, "created_at": float, "started_at": float,
+    "finished_at": float, "run_at": float,
+}
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def history_entry(status: str, attempt: int, node: str, reason: str, *, pid: int | None = None,
+                  kind: str | None = None, message: str | None = None,
+                  now: float | None = None) -> bytes:
+    """One history line: what happened, when, where and why."""
+    entry: dict[str, Any] = {"t": now or time.time(), "status": status, "attempt": attempt,
+                             "node": node, "reason": reason}
+    if pid is not None:
+        entry["pid"] = pid
+    if kind:
+        entry["kind"] = kind
+    if message:
+        entry["message"] = message
+    return pack(entry)
+
+
+@dataclass(slots=True)
+class NewJob:
+    id: str
+    type: str
+    pool: str
+    payload: bytes
+    priority: int
+    status: str
+    run_at: float
+    max_attempts: int
+    timeout: float
+    created_at: float
+    tags: dict[str, str]
+    key: str
+    key_ttl: float
+    history: bytes
+
+    def argv(self) -> list:
+        tagidx = "\n".join(f"{k}={v}" for k, v in sorted(self.tags.items()))
+        return [self.id, self.type, self.pool, self.payload, self.priority, self.status,
+                self.run_at, self.max_attempts, self.timeout, self.created_at,
+                pack(self.tags), self.key, self.key_ttl, self.history, tagidx]
+
+
+@dataclass(slots=True)
+class Reserved:
+    """A job this node took from its pool's queue, with what a worker needs to run it."""
+
+    pool: str
+    id: str
+    token: str
+    type: str
+    payload: bytes
+    attempt: int
+    max_attempts: int
+    timeout: float
+    crashes: int
+    priority: int
+    created_at: float
+    run_at: float
+    rate_limited: int
+
+    @classmethod
+    def from_row(cls, row: list[bytes]) -> Reserved:
+        def num(b: bytes, conv=float, default=0):
+            return conv(b) if b not in (b"", None) else default
+        return cls(
+            pool=row[0].decode(), id=row[1].decode(), token=row[2].decode(),
+            type=row[3].decode(), payload=row[4], attempt=num(row[5], int, 1),
+            max_attempts=num(row[6], int, 1), timeout=num(row[7]), crashes=num(row[8], int),
+            priority=num(row[9], int), created_at=num(row[10]), run_at=num(row[11]),
+            rate_limited=num(row[12], int),
+        )
+
+
+@dataclass(slots=True)
+class Op:
+    """One transition for ``apply``: kind, job id, lease token and up to five arguments."""
+
+    kind: str
+    id: str
+    token: str
+    args: tuple = ()
+
+    def argv(self) -> list:
+        a = list(self.args) + [""] * (5 - len(self.args))
+        return [self.kind, self.id, self.token, *a]
+
+
+@dataclass(slots=True)
+class Applied:
+    flags: list[bool]
+    promoted: list[str]
+    reserved: list[Reserved] = field(default_factory=list)
+    next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
+
+
+def _script(name: str) -> str:
+    lua = Path(__file__).parent / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Store:
+    """The jobsup data model over a redis-py client."""
+
+    def __init__(self, client: redis.Redis, prefix: str, node: str) -> None:
+        self.r = client
+        self.keys = Keys(prefix)
+        self.prefix = prefix
+        self.node = node
+        self._submit = client.register_script(_script("submit"))
+        self._apply = client.register_script(_script("apply"))
+        self._recover = client.register_script(_script("recover"))
+        self._cancel = client.register_script(_script("cancel"))
+        self._janitor = client.register_script(_script("janitor"))
+
+    # -- writes -----------------------------------------------------------
+    def submit_argv(self, jobs: list[NewJob], now: float) -> list:
+        argv: list = [self.prefix, now, len(jobs)]
+        for job in jobs:
+            argv.extend(job.argv())
+        return argv
+
+    def apply_argv(self, ops: list[Op], wants: dict[str, int], now: float,
+                   promote_limit: int) -> list:
+        argv: list = [self.prefix, self.node, now, len(ops)]
+        for op in ops:
+            argv.extend(op.argv())
+        argv.append(promote_limit)
+        argv.append(len(wants))
+        for pool, n in wants.items():
+            argv.extend((pool, n))
+        return argv
+
+    def write(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
+              promote_limit: int = 0, now: float | None = None,
+              ) -> tuple[list[tuple[str, bool]], Applied]:
+        """Submit new jobs and apply one pass of transitions in one round trip."""
+        now = now or time.time()
+        pipe = self.r.pipeline(transaction=False)
+        if submits:
+            self._submit(args=self.submit_argv(submits, now), client=pipe)
+        self._apply(args=self.apply_argv(ops, wants, now, promote_limit), client=pipe)
+        replies = pipe.execute()
+        created: list[tuple[str, bool]] = []
+        if submits:
+            flat = replies[0]
+            created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
+        flags, promoted, rows, next_due = replies[-1]
+        reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
+        return created, Applied(
+            flags=[c == "1" for c in flags.decode()],
+            promoted=[p.decode() for p in promoted],
+            reserved=reserved,
+            next_due=float(next_due) if next_due else 0.0,
+        )
+
+    def submit(self, jobs: list[NewJob]) -> list[tuple[str, bool]]:
+        return self.write(jobs, [], {})[0]
+
+    def apply(self, ops: list[Op], wants: dict[str, int] | None = None,
+              promote_limit: int = 0, now: float | None = None) -> Applied:
+        return self.write([], ops, wants or {}, promote_limit, now)[1]
+
+    def recover(self, node: str, reason: str) -> int:
+        """Requeue every job ``node`` holds, without burning attempts."""
+        return int(self._recover(args=[self.prefix, node, time.time(), reason, self.node]))
+
+    def cancel(self, job_id: str, ttl: float) -> tuple[str, str]:
+        err = pack({"kind": "cancelled", "message": "cancelled on request", "traceback": None})
+        reply = self._cancel(args=[self.prefix, job_id, time.time(), err, ttl, self.node])
+        status = reply[0].decode()
+        return status, (reply[1].decode() if len(reply) > 1 else "")
+
+    def expire(self, now: float | None = None, limit: int = 500) -> int:
+        return int(self._janitor(args=[self.prefix, now or time.time(), limit]))
+
+    # -- reads ------------------------------------------------------------
+    def get(self, job_id: str) -> dict | None:
+        return self.get_many([job_id])[0]
+
+    def get_many(self, ids: list[str]) -> list[dict | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.lrange(self.keys.history(job_id), 0, -1)
+        replies = pipe.execute()
+        return [decode_record(replies[j], replies[j + 1]) for j in range(0, len(replies), 2)]
+
+    def status_of(self, ids: list[str]) -> list[str | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.job(job_id), "status")
+        return [s.decode() if s else None for s in pipe.execute()]
+
+    def list_ids(self, status: str | None = None, job_type: str | None = None,
+                 tag: tuple[str, str] | None = None, limit: int = 50,
+                 cursor: float | None = None) -> tuple[list[str], float | None]:
+        """Newest first from the smallest matching index; ``cursor`` pages on."""
+        indexes = []
+        if status:
+            indexes.append(self.keys.index_status(status))
+        if job_type:
+            indexes.append(self.keys.index_type(job_type))
+        if tag:
+            indexes.append(self.keys.index_tag(*tag))
+        if not indexes:
+            indexes.append(self.keys.index_all)
+        pipe = self.r.pipeline(transaction=False)
+        for key in indexes:
+            pipe.zcard(key)
+        sizes = pipe.execute()
+        primary = indexes[sizes.index(min(sizes))]
+        others = [k for k in indexes if k != primary]
+        top = f"({cursor}" if cursor is not None else "+inf"
+        found: list[str] = []
+        last: float | None = None
+        offset = 0
+        page = max(limit * 2, 100)
+        while len(found) < limit:
+            rows = self.r.zrevrangebyscore(primary, top, "-inf", start=offset, num=page,
+                                           withscores=True)
+            if not rows:
+                return found, None
+            offset += len(rows)
+            if others:
+                pipe = self.r.pipeline(transaction=False)
+                for member, _ in rows:
+                    for key in others:
+                        pipe.zscore(key, member)
+                hits = pipe.execute()
+            for n, (member, score) in enumerate(rows):
+                if others and any(h is None for h in hits[n * len(others):(n + 1) * len(others)]):
+                    continue
+                found.append(member.decode())
+                last = score
+                if len(found) == limit:
+                    break
+        return found, last
+
+    def queue_depths(self, pools: list[str]) -> dict[str, int]:
+        pipe = self.r.pipeline(transaction=False)
+        for pool in pools:
+            pipe.zcard(self.keys.queue(pool))
+        return dict(zip(pools, pipe.execute(), strict=True))
+
+    def dead_letter_count(self) -> int:
+        return int(self.r.zcard(self.keys.dead_letters))
+
+
+def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | None:
+    """A job hash as the record of DESIGN.md section 3."""
+    if not fields:
+        return None
+    rec: dict[str, Any] = {}
+    for raw_key, raw in fields.items():
+        key = raw_key.decode()
+        if key in ("lease", "tagidx"):
+            continue
+        if key in _RECORD_BLOBS:
+            rec[key] = unpack(raw) if raw else None
+        elif key in _NUMBERS:
+            rec[key] = _NUMBERS[key](raw) if raw not in (b"", None) else None
+        else:
+            rec[key] = raw.decode()
+    worker = rec.pop("worker", None)
+    if worker:
+        node, _, pid = worker.rpartition(":")
+        rec["worker"] = {"node": node, "pid": int(pid)}
+    else:
+        rec["worker"] = None
+    rec["key"] = rec.get("key") or None
+    rec["cancel_requested"] = rec.get("cancel_requested") == "1"
+    rec["progress_message"] = rec.get("progress_message") or None
+    rec["history"] = [unpack(h) for h in history]
+    for name in ("started_at", "finished_at", "result", "error"):
+        rec.setdefault(name, None)
+    rec["terminal"] = JobStatus(rec["status"]) in TERMINAL
+    return rec

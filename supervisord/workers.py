@@ -1,0 +1,223 @@
+"""Worker pools: who is alive, who is free, and reconciling that with the target.
+
+Each pass compares a pool's target size with the workers alive and starts or
+stops the difference.  Deaths are noticed through pidfds in the master's poll.
+Restart intensity works as in OTP supervisors: more than ``max_restarts``
+abnormal deaths within ``restart_window`` puts the pool into exponential
+restart backoff instead of a fork loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from supervisord import process
+from supervisord.config import Config, PoolConfig
+from supervisord.states import KillReason, WorkerState
+from supervisord.store import Reserved
+
+log = logging.getLogger("jobsup.pool")
+
+
+@dataclass(eq=False)
+class Running:
+    """A job handed to a worker of this node, and what the watchdog needs of it."""
+
+    job: Reserved
+    worker: WorkerHandle
+    started: float  # wall clock
+    deadline: float | None  # monotonic
+    cancel_at: float | None = None
+    progress: tuple[float, str] | None = None
+    progress_written: float = 0.0
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    wid: int
+    pool: str
+    slot: int
+    child: process.Child
+    gpu: list[int] | None
+    generation: int
+    spawned: float = field(default_factory=time.monotonic)
+    state: WorkerState = WorkerState.STARTING
+    job: Running | None = None
+    jobs_done: int = 0
+    last_beat: float = field(default_factory=time.monotonic)
+    kill_reason: KillReason | None = None
+    kill_at: float | None = None  # SIGKILL deadline after a SIGTERM
+    retire: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def identity(self) -> bytes:
+        return b"w%d" % self.wid
+
+    @property
+    def hb_identity(self) -> bytes:
+        return b"h%d" % self.wid
+
+
+@dataclass(eq=False)
+class Pool:
+    cfg: PoolConfig
+    target: int
+    generation: int = 0
+    workers: dict[int, WorkerHandle] = field(default_factory=dict)
+    buffer: deque[Reserved] = field(default_factory=deque)
+    may_have_work: bool = True
+    deaths: deque[float] = field(default_factory=deque)
+    backoff_level: int = 0
+    backoff_until: float = 0.0
+    ever_ready: bool = False
+    init_failures: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def degraded(self) -> bool:
+        return self.backoff_until > time.monotonic()
+
+    def idle(self) -> list[WorkerHandle]:
+        return [w for w in self.workers.values()
+                if w.state == WorkerState.IDLE and not w.retire and w.kill_reason is None]
+
+    def busy(self) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if w.job is not None]
+
+    def prefetch(self) -> int:
+        return self.cfg.prefetch if self.cfg.prefetch is not None else max(1, self.target)
+
+    def want(self) -> int:
+        """How many jobs to take from Redis now: enough for idle workers plus prefetch."""
+        if not self.may_have_work:
+            return 0
+        live = [w for w in self.workers.values() if w.kill_reason is None and not w.retire]
+        if not live:
+            return 0
+        return max(0, len(self.idle()) + self.prefetch() - len(self.buffer))
+
+    def note_death(self, now: float) -> None:
+        window = self.cfg.restart_window
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] < now - window:
+            self.deaths.popleft()
+        if len(self.deaths) > self.cfg.max_restarts:
+            delay = min(30.0, 0.5 * 2 ** self.backoff_level)
+            self.backoff_level += 1
+            self.backoff_until = now + delay
+            log.error("pool %s: %d worker deaths in %.0fs; restart backoff %.1fs (degraded)",
+                      self.name, len(self.deaths), window, delay)
+        elif not self.deaths or len(self.deaths) <= self.cfg.max_restarts // 2:
+            self.backoff_level = 0
+
+
+class Workers:
+    """Starts, stops and tracks the worker processes of every pool."""
+
+    def __init__(self, cfg: Config, endpoint: str, node: str) -> None:
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.node = node
+        self.pools: dict[str, Pool] = {p.name: Pool(cfg=p, target=p.workers) for p in cfg.pools}
+        self.by_identity: dict[bytes, WorkerHandle] = {}
+        self.by_pidfd: dict[int, WorkerHandle] = {}
+        self._next_wid = 1
+
+    def all(self) -> list[WorkerHandle]:
+        return list(self.by_identity.values())
+
+    def spec(self, pool: Pool, wid: int, gpu: list[int] | None) -> dict:
+        jobs = {n: j for n, j in self.cfg.jobs.items() if self.cfg.pool_of(n) == pool.name}
+        return {
+            "wid": wid, "pool": pool.name, "endpoint": self.endpoint, "node": self.node,
+            "master_pid": os.getpid(), "cwd": os.getcwd(),
+            "handlers": {n: j.handler for n, j in jobs.items()},
+            "schemas": {n: j.schema_ for n, j in jobs.items() if j.schema_},
+            "init": pool.cfg.init, "gpu": gpu,
+            "memory_limit": pool.cfg.memory_limit,
+            "memory_limit_kind": pool.cfg.memory_limit_kind,
+            "heartbeat_interval": self.cfg.daemon.heartbeat_interval,
+        }
+
+    def start(self, pool: Pool) -> WorkerHandle:
+        used = {w.slot for w in pool.workers.values()}
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        gpus = pool.cfg.gpus
+        gpu = [gpus[slot % len(gpus)]] if gpus else None
+        env = dict(pool.cfg.env)
+        env["JOBSUP_NODE"] = self.node
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu))
+        wid = self._next_wid
+        self._next_wid += 1
+        child = process.spawn(self.spec(pool, wid, gpu), env, pool.cfg.user, pool.cfg.group)
+        handle = WorkerHandle(wid=wid, pool=pool.name, slot=slot, child=child, gpu=gpu,
+                              generation=pool.generation)
+        pool.workers[wid] = handle
+        self.by_identity[handle.identity] = handle
+        self.by_pidfd[child.pidfd] = handle
+        log.debug("pool %s: started worker %d pid %d", pool.name, wid, child.pid)
+        return handle
+
+    def reconcile(self, pool: Pool, accepting: bool) -> list[WorkerHandle]:
+        """Start or stop workers so that the pool has its target; returns those started."""
+        started = []
+        now = time.monotonic()
+        alive = [w for w in pool.workers.values() if w.kill_reason is None and not w.retire]
+        if accepting and now >= pool.backoff_until:
+            for _ in range(pool.target - len(alive)):
+                started.append(self.start(pool))
+        surplus = len(alive) - pool.target
+        if surplus > 0:
+            # Idle ones go first; busy ones finish their job, then leave.
+            ordered = sorted(alive, key=lambda w: (w.job is not None, -w.wid))
+            for w in ordered[:surplus]:
+                w.retire = True
+                if w.job is None:
+                    self.stop(w, KillReason.RETIRE)
+        for w in pool.workers.values():
+            if w.generation != pool.generation and w.job is None and w.kill_reason is None:
+                self.stop(w, KillReason.RECYCLE)
+        return started
+
+    def stop(self, w: WorkerHandle, reason: KillReason, grace: float | None = None) -> None:
+        """Polite, then firm: SIGTERM the worker's tree now, SIGKILL at the deadline."""
+        if w.kill_reason is None:
+            w.kill_reason = reason
+        w.state = WorkerState.STOPPING
+        grace = self.cfg.daemon.kill_grace if grace is None else grace
+        if grace <= 0:
+            self.kill(w)
+            return
+        process.signal_tree(w.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
+
+    def kill(self, w: WorkerHandle, reason: KillReason | None = None) -> None:
+        if w.kill_reason is None:
+            w.kill_reason = reason
+        w.state = WorkerState.STOPPING
+        process.signal_tree(w.pid, signal.SIGKILL)
+        w.kill_at = None
+
+    def forget(self, w: WorkerHandle) -> None:
+        pool = self.pools.get(w.pool)
+        if pool is not None:
+            pool.workers.pop(w.wid, None)
+        self.by_identity.pop(w.identity, None)
+        self.by_pidfd.pop(w.child.pidfd, None)
+        w.child.close()
+        # Whatever the worker started must not outlive it.
+        process.signal_tree(w.pid, signal.SIGKILL, tree=[])

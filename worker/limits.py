@@ -1,0 +1,24 @@
+"""Limits a worker puts on itself before any handler code is imported.
+
+RLIMIT_DATA is the default memory cap because RLIMIT_AS breaks CUDA: the CUDA
+driver reserves virtual address space of about twice the GPU memory, which
+counts against RLIMIT_AS but not against RLIMIT_DATA (the reservations are
+PROT_NONE, not private writable memory).
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+
+from supervisord.deathsig import set_parent_death_signal
+
+_KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
+
+
+def apply(spec: dict) -> None:
+    set_parent_death_signal(signal.SIGKILL, spec.get("master_pid"))
+    limit = spec.get("memory_limit")
+    if limit:
+        which = _KINDS[spec.get("memory_limit_kind") or "data"]
+        resource.setrlimit(which, (int(limit), int(limit)))

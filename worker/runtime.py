@@ -1,0 +1,166 @@
+"""The worker loop: take one job at a time from the master, run it, report.
+
+The main thread runs handlers.  A heartbeat thread with its own socket tells
+the master the process is alive and receives cancel requests while the main
+thread is busy: if a C call holds the GIL or the process is stopped, the
+heartbeats stop and the master's watchdog acts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import msgpack
+import zmq
+
+from worker.context import JobContext
+from worker.errors import Interrupt, JobFailure
+
+log = logging.getLogger("jobsup.worker")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+class Runtime:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.wid = spec["wid"]
+        self.ctx = zmq.Context(io_threads=1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % self.wid)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(spec["endpoint"])
+        self.send_lock = threading.Lock()
+        self.handlers: dict[str, Any] = {}
+        self.schemas: dict[str, Any] = {}
+        self.state: Any = None
+        self.current: JobContext | None = None
+
+    def send(self, msg: tuple) -> None:
+        with self.send_lock:
+            self.sock.send(_pack(msg))
+
+    # -- start-up ---------------------------------------------------------
+    def load(self) -> None:
+        """Import every handler of the pool and run ``init``; failures end the worker."""
+        for job_type, path in self.spec["handlers"].items():
+            self.handlers[job_type] = resolve(path)
+        for job_type, path in (self.spec.get("schemas") or {}).items():
+            self.schemas[job_type] = resolve(path)
+        if self.spec.get("init"):
+            self.state = resolve(self.spec["init"])()
+
+    # -- heartbeats and cancels ---------------------------------------------
+    def heartbeat(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, b"h%d" % self.wid)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.spec["endpoint"])
+        interval = float(self.spec.get("heartbeat_interval", 1.0))
+        master = self.spec.get("master_pid")
+        beat = _pack(("hb",))
+        while True:
+            if master and os.getppid() != master:
+                os._exit(70)
+            sock.send(beat)
+            if sock.poll(interval * 1000):
+                msg = msgpack.unpackb(sock.recv(), raw=False)
+                current = self.current
+                if msg[0] == "cancel" and current is not None and current.token == msg[1]:
+                    current._cancel.set()
+
+    # -- jobs -------------------------------------------------------------
+    def run_job(self, msg: list) -> bool:
+        """Run one job; returns False when this worker should exit afterwards."""
+        _, token, job_id, job_type, payload, attempt, deadline = msg[:7]
+        ctx = JobContext(job_id=job_id, job_type=job_type, attempt=attempt, deadline=deadline,
+                         gpu=self.spec.get("gpu"), state=self.state, token=token,
+                         send=self.send)
+        self.current = ctx
+        keep = True
+        try:
+            value = msgpack.unpackb(payload, raw=False) if payload else None
+            schema = self.schemas.get(job_type)
+            if schema is not None:
+                value = schema.model_validate(value)
+            result = self.handlers[job_type](value, ctx)
+            if hasattr(result, "model_dump"):
+                result = result.model_dump(mode="json")
+            blob = _pack(result)
+        except JobFailure as exc:
+            self._fail(token, exc.kind, exc, getattr(exc, "retry_after", None))
+        except MemoryError as exc:
+            self._fail(token, "memory", exc)
+            keep = False  # a process that ran out of memory is not trusted again
+        except Interrupt:
+            raise
+        except BaseException as exc:  # a handler's sys.exit() or bug is its job's failure
+            self._fail(token, "exception", exc)
+        else:
+            self.send(("done", token, blob, "cancelled" if ctx.cancelled else ""))
+        finally:
+            self.current = None
+        return keep
+
+    def _fail(self, token: str, kind: str, exc: BaseException,
+              retry_after: float | None = None) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        tb = "".join(traceback.format_exception(exc))
+        self.send(("error", token, kind, message[:4000], tb[-16000:], retry_after))
+
+    def loop(self) -> int:
+        self.send(("ready", os.getpid()))
+        while True:
+            msg = msgpack.unpackb(self.sock.recv(), raw=False)
+            if msg[0] == "run":
+                if not self.run_job(msg):
+                    return 0
+            elif msg[0] == "stop":
+                return 0
+
+
+def run(spec: dict) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    random.seed()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    sys.path.insert(0, spec.get("cwd") or os.getcwd())
+    rt = Runtime(spec)
+    try:
+        rt.load()
+    except BaseException as exc:  # report why, then exit non-zero: the pool backs off
+        tb = "".join(traceback.format_exception(exc))
+        rt.send(("init_failed", os.getpid(), f"{type(exc).__name__}: {exc}", tb[-8000:]))
+        time.sleep(0.2)
+        rt.sock.close(linger=1000)
+        os._exit(3)
+    threading.Thread(target=rt.heartbeat, name="heartbeat", daemon=True).start()
+    try:
+        code = rt.loop()
+    except Interrupt:
+        code = 0
+    rt.sock.close(linger=1000)
+    os._exit(code)
