@@ -34,7 +34,9 @@ class Batch:
         self.submits, self.ops, self.effects = [], [], []
         return taken
 
-    def put_back(self, taken: Batch) -> None:
+    def put_back(self, taken: Batch, submits: bool = False) -> None:
         """Keep a pass's transitions after Redis failed, ahead of newer ones."""
         self.ops[:0] = taken.ops
         self.effects[:0] = taken.effects
+        if submits:
+            self.submits[:0] = taken.submits

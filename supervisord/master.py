@@ -34,6 +34,7 @@ from supervisord.logs import Logs
 from supervisord.metrics import Metrics
 from supervisord.node import NodeRegistry
 from supervisord.process import describe_exit
+from supervisord.redispipe import RedisPipe
 from supervisord.security import secure_api
 from supervisord.signals import SignalReceiver
 from supervisord.states import FailureKind, KillReason, WorkerState
@@ -78,6 +79,8 @@ class Master:
         self.drain_deadline = 0.0
         self.stop_deadline = 0.0
         self._timers: dict[str, float] = {}
+        self._pipe_fd: int | None = None
+        self._resync = False
         self.schemas: dict[str, Any] = {}
         self.embedded: EmbeddedRedis | None = None
         self.workers = Workers(cfg, "", self.node)
@@ -88,6 +91,7 @@ class Master:
             self.open()
             while self.phase is not Phase.DONE:
                 ready = dict(self.poller.poll(self.poll_timeout()))
+                self.read_redis(ready)
                 self.read_api(ready)
                 self.read_workers(ready)
                 self.reap(ready)
@@ -100,7 +104,8 @@ class Master:
         return self.exit_code
 
     def poll_timeout(self) -> int:
-        if self.batch or any(p.want() for p in self.workers.pools.values()):
+        if not self.pipe.busy and (self.batch or any(
+                p.want() for p in self.workers.pools.values())):
             return 0
         now = time.monotonic()
         wake = [now + 0.1]
@@ -125,6 +130,7 @@ class Master:
         recovered = self.store.recover(self.node, "interrupted")
         if recovered:
             log.warning("requeued %d job(s) this node held when it last stopped", recovered)
+        self.pipe = RedisPipe(self.store.r)
         self.redis_ok()
         self.zmq = zmq.Context()
         self.api_sock = self.zmq.socket(zmq.ROUTER)
@@ -173,8 +179,7 @@ class Master:
 
     def close(self) -> None:
         try:
-            if self.batch and self.redis_up:
-                self.flush()
+            self.settle_writes()
             if hasattr(self, "nodes"):
                 self.nodes.release()
         except (redis.RedisError, AttributeError) as exc:
@@ -603,12 +608,15 @@ class Master:
 
     # -- the Redis write of a pass ------------------------------------------------------
     def flush(self) -> None:
+        """Send the pass's writes to Redis, unless a write is still in flight."""
+        if self.pipe.busy:
+            return
         now = time.time()
         for pending in self.batch.submits:
             for job in pending.jobs:
                 if job.status == "queued" and job.pool in self.workers.pools:
                     self.workers.pools[job.pool].may_have_work = True
-        promote = bool(self.next_due) and now >= self.next_due
+        promote = 500 if self.next_due and now >= self.next_due else 0
         wants = ({p.name: n for p in self.workers.pools.values() if (n := p.want())}
                  if self.phase is Phase.RUNNING and self.redis_up else {})
         if not (self.batch or wants or promote):
@@ -618,16 +626,47 @@ class Master:
         taken = self.batch.take()
         jobs = [job for pending in taken.submits for job in pending.jobs]
         try:
-            created, applied = self.store.write(jobs, taken.ops, wants,
-                                                500 if promote else 0, now)
+            self.pipe.send(self.store.write_commands(jobs, taken.ops, wants, promote, now),
+                           (taken, wants, bool(jobs)))
         except redis.RedisError as exc:
-            self.redis_failed(exc)
-            for pending in taken.submits:
-                self.api.fail(pending.identity, pending.rid, Unavailable(
-                    f"Redis write failed ({exc}); the job was NOT accepted. Resubmit; an "
-                    "idempotency key makes resubmitting safe"))
-            self.batch.put_back(taken)
+            self.write_failed(taken, exc)
             return
+        fd = self.pipe.fileno()
+        if fd != self._pipe_fd:
+            if self._pipe_fd is not None:
+                self.poller.unregister(self._pipe_fd)
+            self.poller.register(fd, zmq.POLLIN)
+            self._pipe_fd = fd
+
+    def read_redis(self, ready: dict, block: bool = False) -> None:
+        """The in-flight write's replies: commit its effects, or keep it for a retry."""
+        if not self.pipe.busy or not (block or self._pipe_fd in ready):
+            return
+        taken, wants, had_submits = self.pipe.context
+        try:
+            replies, _ = self.pipe.receive()
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self.store.load_scripts()  # Redis restarted empty-handed: send again
+                self.batch.put_back(taken, submits=True)
+                return
+            created, applied = self.store.parse_write(replies, had_submits)
+        except redis.RedisError as exc:
+            self._pipe_fd = None
+            self.write_failed(taken, exc)
+            return
+        self.committed(taken, wants, created, applied)
+
+    def write_failed(self, taken: Batch, exc: Exception) -> None:
+        self.redis_failed(exc)
+        for pending in taken.submits:
+            self.api.fail(pending.identity, pending.rid, Unavailable(
+                f"Redis write failed ({exc}); the job was NOT accepted. Resubmit; an "
+                "idempotency key makes resubmitting safe"))
+        self.batch.put_back(taken)
+        self._resync = True  # replies were lost: jobs may be held that we never heard of
+
+    def committed(self, taken: Batch, wants: dict[str, int], created: list,
+                  applied: Any) -> None:
         self.redis_ok()
         self.acknowledge(taken.submits, created)
         for effect, applied_flag in zip(taken.effects, applied.flags, strict=True):
@@ -638,13 +677,33 @@ class Master:
                     log.exception("after-commit effect failed")
         self.take_reserved(wants, applied.reserved, applied.promoted)
         self.next_due = applied.next_due
-        if self.done_waiters:
-            done, self.done_waiters = self.done_waiters, []
-            try:
+        try:
+            if self._resync:
+                self._resync = False
+                known = tuple(self.running) + tuple(
+                    j.id for p in self.workers.pools.values() for j in p.buffer)
+                n = self.store.recover(self.node, "resync", keep=known)
+                if n:
+                    log.warning("requeued %d job(s) whose hand-over reply Redis lost", n)
+            if self.done_waiters:
+                done, self.done_waiters = self.done_waiters, []
                 self.api.answer(done)
-            except redis.RedisError as exc:
-                self.redis_failed(exc)
+        except redis.RedisError as exc:
+            self.redis_failed(exc)
         self.dispatch()
+
+    def settle_writes(self, timeout: float = 10.0) -> None:
+        """At exit: finish the write in flight and send what is left, synchronously."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and hasattr(self, "pipe"):
+            if self.pipe.busy:
+                self.read_redis({}, block=True)
+            elif self.batch and self.redis_up:
+                self.flush()
+            else:
+                return
+            if not self.redis_up:
+                return
 
     def acknowledge(self, submits: list, created: list[tuple[str, bool]]) -> None:
         at = 0
@@ -726,7 +785,7 @@ class Master:
             self.phase = Phase.STOPPING
             self.stop_deadline = now + self.cfg.daemon.kill_grace + 5.0
         if self.phase is Phase.STOPPING:
-            if not self.workers.all() and not self.batch:
+            if not self.workers.all() and not self.batch and not self.pipe.busy:
                 self.phase = Phase.DONE
             elif now > self.stop_deadline:
                 for w in self.workers.all():

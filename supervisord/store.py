@@ -141,11 +141,22 @@ class Store:
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.node = node
-        self._submit = client.register_script(_script("submit"))
-        self._apply = client.register_script(_script("apply"))
-        self._recover = client.register_script(_script("recover"))
-        self._cancel = client.register_script(_script("cancel"))
-        self._janitor = client.register_script(_script("janitor"))
+        self.sources = {name: _script(name)
+                        for name in ("submit", "apply", "recover", "cancel", "janitor")}
+        self.sha: dict[str, str] = {}
+        self.load_scripts()
+
+    def load_scripts(self) -> None:
+        """Load the Lua scripts once; calls then send only their SHA."""
+        for name, source in self.sources.items():
+            self.sha[name] = self.r.script_load(source)
+
+    def call(self, name: str, argv: list) -> Any:
+        try:
+            return self.r.evalsha(self.sha[name], 0, *argv)
+        except redis.exceptions.NoScriptError:
+            self.load_scripts()  # Redis restarted without its script cache
+            return self.r.evalsha(self.sha[name], 0, *argv)
 
     # -- writes -----------------------------------------------------------
     def submit_argv(self, jobs: list[NewJob], now: float) -> list:
@@ -165,18 +176,24 @@ class Store:
             argv.extend((pool, n))
         return argv
 
-    def write(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
-              promote_limit: int = 0, now: float | None = None,
-              ) -> tuple[list[tuple[str, bool]], Applied]:
-        """Submit new jobs and apply one pass of transitions in one round trip."""
-        now = now or time.time()
-        pipe = self.r.pipeline(transaction=False)
+    def write_commands(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
+                       promote_limit: int, now: float) -> list[tuple]:
+        """The commands of one pass: a submit call (if any) and an apply call."""
+        commands = []
         if submits:
-            self._submit(args=self.submit_argv(submits, now), client=pipe)
-        self._apply(args=self.apply_argv(ops, wants, now, promote_limit), client=pipe)
-        replies = pipe.execute()
+            commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
+        commands.append(("EVALSHA", self.sha["apply"], 0,
+                         *self.apply_argv(ops, wants, now, promote_limit)))
+        return commands
+
+    @staticmethod
+    def parse_write(replies: list, had_submits: bool
+                    ) -> tuple[list[tuple[str, bool]], Applied]:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         created: list[tuple[str, bool]] = []
-        if submits:
+        if had_submits:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
         flags, promoted, rows, next_due = replies[-1]
@@ -188,6 +205,23 @@ class Store:
             next_due=float(next_due) if next_due else 0.0,
         )
 
+    def write(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
+              promote_limit: int = 0, now: float | None = None,
+              ) -> tuple[list[tuple[str, bool]], Applied]:
+        """Submit new jobs and apply one pass of transitions in one round trip."""
+        now = now or time.time()
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            for command in self.write_commands(submits, ops, wants, promote_limit, now):
+                pipe.execute_command(*command)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
+                                    for r in replies):
+                self.load_scripts()
+                continue
+            break
+        return self.parse_write(replies, bool(submits))
+
     def submit(self, jobs: list[NewJob]) -> list[tuple[str, bool]]:
         return self.write(jobs, [], {})[0]
 
@@ -195,18 +229,18 @@ class Store:
               promote_limit: int = 0, now: float | None = None) -> Applied:
         return self.write([], ops, wants or {}, promote_limit, now)[1]
 
-    def recover(self, node: str, reason: str) -> int:
-        """Requeue every job ``node`` holds, without burning attempts."""
-        return int(self._recover(args=[self.prefix, node, time.time(), reason, self.node]))
+    def recover(self, node: str, reason: str, keep: tuple[str, ...] = ()) -> int:
+        """Requeue every job ``node`` holds but ``keep``, without burning attempts."""
+        return int(self.call("recover", [self.prefix, node, time.time(), reason, self.node, *keep]))
 
     def cancel(self, job_id: str, ttl: float) -> tuple[str, str]:
         err = pack({"kind": "cancelled", "message": "cancelled on request", "traceback": None})
-        reply = self._cancel(args=[self.prefix, job_id, time.time(), err, ttl, self.node])
+        reply = self.call("cancel", [self.prefix, job_id, time.time(), err, ttl, self.node])
         status = reply[0].decode()
         return status, (reply[1].decode() if len(reply) > 1 else "")
 
     def expire(self, now: float | None = None, limit: int = 500) -> int:
-        return int(self._janitor(args=[self.prefix, now or time.time(), limit]))
+        return int(self.call("janitor", [self.prefix, now or time.time(), limit]))
 
     # -- reads ------------------------------------------------------------
     def get(self, job_id: str) -> dict | None:
