@@ -162,7 +162,11 @@ class Api:
         self.reply(identity, protocol.ok(rid, record))
 
     def op_wait(self, identity: bytes, rid: Any, req: protocol.Wait) -> None:
-        statuses = self.m.store.status_of(req.ids)
+        running = self.m.running
+        if len(req.ids) == 1 and req.ids[0] in running:
+            statuses = ["running"]  # known here, no need to ask Redis
+        else:
+            statuses = self.m.store.status_of(req.ids)
         missing = [i for i, s in zip(req.ids, statuses, strict=True) if s is None]
         if missing:
             raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
@@ -248,6 +252,22 @@ class Api:
         ids, cursor = self.m.store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
         records = [r for r in self.m.store.get_many(ids) if r is not None]
         self.reply(identity, protocol.ok(rid, {"jobs": records, "cursor": cursor}))
+
+    def op_dlq(self, identity: bytes, rid: Any, req: protocol.DeadLetters) -> None:
+        store = self.m.store
+        if req.action == "list":
+            ids = store.dead_letter_ids(req.limit)
+            result: Any = {"jobs": [r for r in store.get_many(ids) if r is not None],
+                           "total": store.dead_letter_count()}
+        else:
+            if req.action == "retry" and not self.m.accepting:
+                raise ShuttingDown("the daemon is shutting down; retry dead letters later")
+            done = store.dead_letters(req.action, req.ids)
+            if req.action == "retry":
+                for pool in self.m.workers.pools.values():
+                    pool.may_have_work = True
+            result = {"ids": done}
+        self.reply(identity, protocol.ok(rid, result))
 
     def op_status(self, identity: bytes, rid: Any, req: protocol.Status) -> None:
         self.reply(identity, protocol.ok(rid, self.m.describe()))

@@ -284,7 +284,7 @@ def cancel(job_id: str) -> None:
 def jobs(status: str | None, job_type: str | None, tag: str | None, limit: int,
          as_json: bool) -> None:
     """List jobs, newest first."""
-    tag_pair = tuple(_tags((tag,)).items())[0] if tag else None
+    tag_pair = next(iter(_tags((tag,)).items())) if tag else None
     with _client() as c:
         found = c.jobs(status=status, type=job_type, tag=tag_pair, limit=limit)
     if as_json:
@@ -332,6 +332,52 @@ def status(as_json: bool) -> None:
         click.echo()
         _table([[c["type"], c["state"], c.get("failures", "")] for c in st["circuits"]],
                ["TYPE", "CIRCUIT", "FAILURES"])
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter set: jobs that ended failed."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100)
+@click.option("--json", "as_json", is_flag=True)
+@_common
+def dlq_list(limit: int, as_json: bool) -> None:
+    """Failed jobs, most recent failure first."""
+    with _client() as c:
+        found = c.dead_letters(limit)
+    if as_json:
+        _dump([j.model_dump() for j in found])
+        return
+    _table([[j.id, j.type, f"{j.attempt}/{j.max_attempts}", _ts(j.finished_at),
+             (j.error or {}).get("kind"), ((j.error or {}).get("message") or "")[:60]]
+            for j in found], ["ID", "TYPE", "TRY", "FAILED", "KIND", "MESSAGE"])
+
+
+@dlq.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="every job in the set")
+@_common
+def dlq_retry(job_ids: tuple[str, ...], retry_all: bool) -> None:
+    """Run failed jobs again with fresh attempts; their history is kept."""
+    if bool(job_ids) == retry_all:
+        _fail("give job ids or --all", EXIT_USAGE)
+    with _client() as c:
+        done = c.retry_dead_letters(None if retry_all else list(job_ids))
+    missing = sorted(set(job_ids) - set(done))
+    click.echo(f"requeued {len(done)} job(s)")
+    if missing:
+        _fail(f"not in the dead-letter set: {', '.join(missing)}", EXIT_USAGE)
+
+
+@dlq.command("purge")
+@_common
+def dlq_purge() -> None:
+    """Delete every job in the dead-letter set."""
+    with _client() as c:
+        done = c.purge_dead_letters()
+    click.echo(f"purged {len(done)} job(s)")
 
 
 @main.command()
@@ -382,14 +428,19 @@ def stop(fast: bool, wait_: bool) -> None:
         info = c.ping()
         c.shutdown(fast=fast)
     click.echo(f"stopping node {info['node']} pid {info['pid']}")
-    while wait_:
-        try:
-            os.kill(info["pid"], 0)
-        except ProcessLookupError:
-            break
-        except PermissionError:
-            break
+    while wait_ and _running(info["pid"]):
         time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs; an exited daemon its parent has not reaped yet (a
+    zombie, e.g. under a shell or test harness that waits later) has stopped."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone (or not ours to look at, as os.kill(pid, 0) treated it)
+        return False
 
 
 @main.group("config")

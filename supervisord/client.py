@@ -211,6 +211,22 @@ class Client:
         page = self.call("jobs", **fields)
         return [Job.model_validate(r) for r in page["jobs"]], page["cursor"]
 
+    def dead_letters(self, limit: int = 100) -> list[Job]:
+        """Failed jobs, most recent failure first."""
+        return [Job.model_validate(r) for r in self.call("dlq", action="list",
+                                                          limit=limit)["jobs"]]
+
+    def retry_dead_letters(self, ids: list[str] | None = None) -> list[str]:
+        """Run failed jobs again with fresh attempts (all of them if ``ids`` is None)."""
+        fields: dict[str, Any] = {"action": "retry"}
+        if ids is not None:
+            fields["ids"] = list(ids)
+        return self.call("dlq", **fields)["ids"]
+
+    def purge_dead_letters(self) -> list[str]:
+        """Delete every job in the dead-letter set."""
+        return self.call("dlq", action="purge")["ids"]
+
     def status(self) -> dict:
         return self.call("status")
 

@@ -140,7 +140,8 @@ class MetricsConfig(_Model):
 
 class PoolConfig(_Model):
     name: str = Field(pattern=r"^[\w.\-]+$")
-    workers: Annotated[int, Field(ge=0, le=1024)] = Field(default_factory=lambda: os.cpu_count() or 1)
+    workers: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default_factory=lambda: os.cpu_count() or 1)
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
     memory_limit: OptSize = None
     memory_limit_kind: Literal["data", "as"] = "data"

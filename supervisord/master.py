@@ -94,6 +94,7 @@ class Master:
                 self.read_redis(ready)
                 self.read_api(ready)
                 self.read_workers(ready)
+                self.read_subscriptions(ready)
                 self.reap(ready)
                 self.handle_signals(ready)
                 self.tick()
@@ -134,7 +135,8 @@ class Master:
         self.redis_ok()
         self.zmq = zmq.Context()
         self.api_sock = self.zmq.socket(zmq.ROUTER)
-        self.events_sock = self.zmq.socket(zmq.PUB)
+        self.events_sock = self.zmq.socket(zmq.XPUB)
+        self.events_sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         secure_api(self.cfg.api, self.zmq, (self.api_sock, self.events_sock))
         self.api_sock.setsockopt(zmq.LINGER, 500)
         self.api_sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.api.max_message)
@@ -150,7 +152,7 @@ class Master:
         self.watchdog = Watchdog(self.cfg, self.workers, self.metrics)
         self.metrics.serve(self.cfg.metrics.listen)
         self.poller = zmq.Poller()
-        for sock in (self.api_sock, self.worker_sock):
+        for sock in (self.api_sock, self.worker_sock, self.events_sock):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.signals.rfd, zmq.POLLIN)
         self.reconcile()
@@ -206,6 +208,10 @@ class Master:
             except zmq.Again:
                 return
             self.api.handle(frames)
+
+    def read_subscriptions(self, ready: dict) -> None:
+        if self.events_sock in ready:
+            self.events.read_subscriptions()
 
     def read_workers(self, ready: dict) -> None:
         if self.worker_sock not in ready:
@@ -268,7 +274,8 @@ class Master:
         w.jobs_done += 1
         pool = self.workers.pools.get(w.pool)
         limit = pool.cfg.max_jobs_per_worker if pool else None
-        if not keep or (limit and w.jobs_done >= limit) or (pool and w.generation != pool.generation):
+        outdated = pool is not None and w.generation != pool.generation
+        if not keep or (limit and w.jobs_done >= limit) or outdated:
             self.retire(w, KillReason.RECYCLE)
         elif w.retire:
             self.retire(w, KillReason.RETIRE)
@@ -460,9 +467,9 @@ class Master:
         self.worker_sock.send_multipart((w.identity, pack((
             "run", job.token, job.id, job.type, job.payload, job.attempt,
             now + timeout if timeout else None))))
-        self.metrics.started.labels(job.type).inc()
-        self.metrics.queue_wait.labels(job.type).observe(max(0.0, now - max(job.created_at,
-                                                                            job.run_at)))
+        per_type = self.metrics.of_type(job.type)
+        per_type.started.inc()
+        per_type.queue_wait.observe(max(0.0, now - max(job.created_at, job.run_at)))
         hist = history_entry("running", job.attempt, self.node, "started", pid=w.pid, now=now)
 
         def effect(applied: bool) -> None:
@@ -477,13 +484,14 @@ class Master:
 
     def succeed(self, run: Running, result: bytes) -> None:
         job, now = run.job, time.time()
-        self.metrics.duration.labels(job.type).observe(now - run.started)
+        per_type = self.metrics.of_type(job.type)
+        per_type.duration.observe(now - run.started)
         hist = history_entry("succeeded", job.attempt, self.node, "handler returned",
                              pid=run.worker.pid, now=now)
 
         def effect(applied: bool) -> None:
             if applied:
-                self.metrics.succeeded.labels(job.type).inc()
+                per_type.succeeded.inc()
                 self.events.state(job.id, "succeeded", attempt=job.attempt)
                 self.api.finished(job.id, self.done_waiters)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -11,8 +13,19 @@ log = logging.getLogger("jobsup.metrics")
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 
+@dataclass(frozen=True, slots=True)
+class TypeMetrics:
+    """The per-attempt metrics of one job type, looked up once (labels() is not free)."""
+
+    started: Any
+    succeeded: Any
+    duration: Any
+    queue_wait: Any
+
+
 class Metrics:
     def __init__(self) -> None:
+        self._types: dict[str, TypeMetrics] = {}
         r = self.registry = CollectorRegistry()
         self.submitted = Counter("jobsup_jobs_submitted", "Jobs accepted", ["type"], registry=r)
         self.started = Counter("jobsup_jobs_started", "Attempts started", ["type"], registry=r)
@@ -42,6 +55,14 @@ class Metrics:
         self.degraded = Gauge("jobsup_pool_degraded", "1 while a pool is in restart backoff",
                               ["pool"], registry=r)
         self.port: int | None = None
+
+    def of_type(self, job_type: str) -> TypeMetrics:
+        found = self._types.get(job_type)
+        if found is None:
+            found = self._types[job_type] = TypeMetrics(
+                self.started.labels(job_type), self.succeeded.labels(job_type),
+                self.duration.labels(job_type), self.queue_wait.labels(job_type))
+        return found
 
     def serve(self, listen: str) -> None:
         if not listen:

@@ -78,6 +78,13 @@ class Jobs(_Request):
     cursor: float | None = None
 
 
+class DeadLetters(_Request):
+    op: Literal["dlq"]
+    action: Literal["list", "retry", "purge"] = "list"
+    ids: list[JobId] | None = None
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+
 class Status(_Request):
     op: Literal["status"]
 
@@ -96,12 +103,13 @@ class Reload(_Request):
 
 
 Request = Annotated[
-    Submit | SubmitMany | Get | Wait | Cancel | Jobs | Status | Ping | Shutdown | Reload,
+    Submit | SubmitMany | Get | Wait | Cancel | Jobs | DeadLetters | Status | Ping | Shutdown
+    | Reload,
     Field(discriminator="op"),
 ]
 _REQUEST = TypeAdapter(Request)
-OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "status", "ping",
-              "shutdown", "reload")
+OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "dlq", "status",
+              "ping", "shutdown", "reload")
 
 
 def encode(obj: Any) -> bytes:

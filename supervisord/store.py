@@ -142,7 +142,7 @@ class Store:
         self.prefix = prefix
         self.node = node
         self.sources = {name: _script(name)
-                        for name in ("submit", "apply", "recover", "cancel", "janitor")}
+                        for name in ("submit", "apply", "recover", "cancel", "janitor", "dlq")}
         self.sha: dict[str, str] = {}
         self.load_scripts()
 
@@ -239,6 +239,18 @@ class Store:
         status = reply[0].decode()
         return status, (reply[1].decode() if len(reply) > 1 else "")
 
+    def dead_letters(self, action: str, ids: list[str] | None = None) -> list[str]:
+        """``retry`` (fresh attempts, history kept) or ``purge`` failed jobs; all if no ids."""
+        done = [i.decode() for i in self.call("dlq", [self.prefix, time.time(), action,
+                                                      self.node, *(ids or [])])]
+        if action == "purge":
+            while self.expire(limit=1000) == 1000:
+                pass
+        return done
+
+    def dead_letter_ids(self, limit: int = 100) -> list[str]:
+        return [i.decode() for i in self.r.zrevrange(self.keys.dead_letters, 0, limit - 1)]
+
     def expire(self, now: float | None = None, limit: int = 500) -> int:
         return int(self.call("janitor", [self.prefix, now or time.time(), limit]))
 
@@ -263,16 +275,16 @@ class Store:
     def list_ids(self, status: str | None = None, job_type: str | None = None,
                  tag: tuple[str, str] | None = None, limit: int = 50,
                  cursor: float | None = None) -> tuple[list[str], float | None]:
-        """Newest first from the smallest matching index; ``cursor`` pages on."""
-        indexes = []
-        if status:
-            indexes.append(self.keys.index_status(status))
-        if job_type:
-            indexes.append(self.keys.index_type(job_type))
-        if tag:
-            indexes.append(self.keys.index_tag(*tag))
-        if not indexes:
-            indexes.append(self.keys.index_all)
+        """Newest first from the smallest matching index; ``cursor`` pages on.
+
+        Filters intersect indexes kept by the same atomic transitions as the
+        records: the smallest index is walked page by page and each member is
+        checked against the others, so no query scans the keyspace.
+        """
+        indexes = [key for key, wanted in (
+            (self.keys.index_status(status or ""), status),
+            (self.keys.index_type(job_type or ""), job_type),
+            (self.keys.index_tag(*tag) if tag else "", tag)) if wanted] or [self.keys.index_all]
         pipe = self.r.pipeline(transaction=False)
         for key in indexes:
             pipe.zcard(key)
@@ -280,30 +292,29 @@ class Store:
         primary = indexes[sizes.index(min(sizes))]
         others = [k for k in indexes if k != primary]
         top = f"({cursor}" if cursor is not None else "+inf"
-        found: list[str] = []
-        last: float | None = None
-        offset = 0
-        page = max(limit * 2, 100)
+        found: list[tuple[str, float]] = []
+        offset, page = 0, max(limit * 2, 100)
         while len(found) < limit:
             rows = self.r.zrevrangebyscore(primary, top, "-inf", start=offset, num=page,
                                            withscores=True)
             if not rows:
-                return found, None
+                return [i for i, _ in found], None
             offset += len(rows)
-            if others:
-                pipe = self.r.pipeline(transaction=False)
-                for member, _ in rows:
-                    for key in others:
-                        pipe.zscore(key, member)
-                hits = pipe.execute()
-            for n, (member, score) in enumerate(rows):
-                if others and any(h is None for h in hits[n * len(others):(n + 1) * len(others)]):
-                    continue
-                found.append(member.decode())
-                last = score
-                if len(found) == limit:
-                    break
-        return found, last
+            found += self._matching(rows, others)[:limit - len(found)]
+        return [i for i, _ in found], found[-1][1]
+
+    def _matching(self, rows: list[tuple[bytes, float]], others: list[str]
+                  ) -> list[tuple[str, float]]:
+        if not others:
+            return [(m.decode(), score) for m, score in rows]
+        pipe = self.r.pipeline(transaction=False)
+        for member, _ in rows:
+            for key in others:
+                pipe.zscore(key, member)
+        hits = pipe.execute()
+        n = len(others)
+        return [(m.decode(), score) for j, (m, score) in enumerate(rows)
+                if all(h is not None for h in hits[j * n:(j + 1) * n])]
 
     def queue_depths(self, pools: list[str]) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)

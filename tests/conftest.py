@@ -7,6 +7,7 @@ as a subprocess with a config written into the test's own directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,14 +46,10 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     except psutil.Error:
         procs = []
     for proc in [*procs]:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
-        except psutil.Error:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class RedisServer:
@@ -244,10 +241,8 @@ class Daemon:
         kill_tree(self.pid)
         for pid in pids:
             kill_tree(pid)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.fixture

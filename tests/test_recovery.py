@@ -166,7 +166,7 @@ def test_redis_outage_refuses_submits_and_recovers(daemon_factory, redis_server)
 
     wait_for(refused, 20, 0.1, "a submit to be refused while Redis is down")
     assert "redis" in errors[-1].lower(), errors
-    with d.client(timeout=15) as c, pytest.raises(Unavailable, match="(?i)redis"):
+    with d.client(timeout=15) as c, pytest.raises(Unavailable, match=r"(?i)redis"):
         c.submit_many("add", [{"a": 1, "b": 2}] * 3)
     time.sleep(1.0)  # let the outage last a few retry intervals while jobs finish
     assert d.proc.poll() is None, d.log.read_text()[-3000:]

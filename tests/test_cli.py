@@ -1,0 +1,307 @@
+"""The ``jobsup`` command against a real daemon: output, --json documents, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ROOT, Daemon, RedisServer, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+JOB_ID = re.compile(r"^[0-9a-z]{1,64}$")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the tests that only add their own jobs and look at those."""
+    base = tmp_path_factory.mktemp("cli")
+    server = RedisServer(base / "redis")
+    server.start()
+    daemon = Daemon(base / "d", server.url, {})
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.kill()
+        server.stop()
+
+
+def jobsup(*args: str, input: str | None = None, env_extra: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    """``python -m supervisord ARGS`` with no -c and no JOBSUP_* from the outer env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSUP_")}
+    env.update(PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "supervisord", *args], capture_output=True,
+                          text=True, input=input, timeout=60, cwd=ROOT, env=env)
+
+
+def ok(res: subprocess.CompletedProcess, code: int = 0) -> str:
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    return res.stdout
+
+
+def one_id(res: subprocess.CompletedProcess) -> str:
+    out = ok(res).strip()
+    assert JOB_ID.match(out), out
+    return out
+
+
+# -- submit ------------------------------------------------------------------------------
+
+
+def test_submit_prints_id(shared):
+    jid = one_id(shared.cli("submit", "add", '{"a": 1, "b": 2}', "--priority", "3",
+                            "--tag", "user=cli", "--tag", "team=x", "--max-attempts", "4"))
+    with shared.client() as c:
+        job = c.wait(jid, timeout=20)
+    assert (job.status, job.result) == ("succeeded", 3)
+    assert job.priority == 3
+    assert job.max_attempts == 4
+    assert job.tags == {"user": "cli", "team": "x"}
+
+
+def test_submit_json_prints_id_document(shared):
+    doc = json.loads(ok(shared.cli("submit", "noop", "--json")))
+    assert JOB_ID.match(doc["id"])
+
+
+def test_submit_key_is_idempotent(shared):
+    first = one_id(shared.cli("submit", "echo", '{"n": 1}', "--key", "cli-key-1"))
+    again = one_id(shared.cli("submit", "echo", '{"n": 2}', "--key", "cli-key-1"))
+    assert first == again
+
+
+def test_submit_wait_json_success(shared):
+    out = ok(shared.cli("submit", "echo", '{"hello": "world"}', "--wait", "--json"))
+    record = json.loads(out)
+    assert record["status"] == "succeeded"
+    assert record["result"] == {"hello": "world"}
+    assert record["type"] == "echo"
+    assert record["attempt"] == 1
+    assert JOB_ID.match(record["id"])
+    assert [h["status"] for h in record["history"]] == ["queued", "running", "succeeded"]
+
+
+def test_submit_wait_failed_job_exits_1(shared):
+    res = shared.cli("submit", "fail", '{"how": "permanent"}', "--wait", "--json")
+    record = json.loads(ok(res, 1))
+    assert record["status"] == "failed"
+    assert record["error"]["kind"] == "permanent"
+    assert record["attempt"] == 1  # permanent: never retried
+    res = shared.cli("submit", "fail", '{"how": "permanent"}', "--wait")
+    assert res.returncode == 1
+    assert "failed" in res.stdout
+    assert "permanent" in res.stdout
+
+
+def test_submit_reads_payload_from_stdin(shared):
+    out = ok(shared.cli("submit", "echo", "-", "--wait", "--json",
+                        input='{"from": "stdin", "n": [1, 2, 3]}\n'))
+    assert json.loads(out)["result"] == {"from": "stdin", "n": [1, 2, 3]}
+
+
+def test_submit_file_jsonl(shared, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps({"a": n, "b": 1}) + "\n" for n in range(20)) + "\n")
+    out = ok(shared.cli("submit", "add", "--file", str(path)))
+    ids = out.split()
+    assert len(ids) == 20
+    assert len(set(ids)) == 20
+    assert all(JOB_ID.match(i) for i in ids)
+    with shared.client() as c:
+        jobs = c.wait_many(ids, timeout=30)
+    assert [j.status for j in jobs] == ["succeeded"] * 20
+    assert [j.result for j in jobs] == [n + 1 for n in range(20)]
+
+
+# -- job, wait, cancel -------------------------------------------------------------------
+
+
+def test_job_human_and_json(shared):
+    jid = one_id(shared.cli("submit", "add", '{"a": 40, "b": 2}', "--tag", "user=show"))
+    with shared.client() as c:
+        c.wait(jid, timeout=20)
+    out = ok(shared.cli("job", jid))
+    assert jid in out
+    assert "succeeded" in out
+    assert "42" in out
+    assert "user=show" in out
+    lines = out.splitlines()
+    timeline = lines[[ln.strip() for ln in lines].index("history") + 1:]
+    assert [next(s for s in ("queued", "running", "succeeded") if s in ln)
+            for ln in timeline] == ["queued", "running", "succeeded"]
+    assert "submitted" in timeline[0]
+
+    record = json.loads(ok(shared.cli("job", jid, "--json")))
+    assert record["id"] == jid
+    assert record["result"] == 42
+    assert record["tags"] == {"user": "show"}
+    assert record["worker"]["pid"] > 0
+    assert record["finished_at"] >= record["started_at"] >= record["created_at"]
+
+
+def test_job_unknown_id(shared):
+    res = shared.cli("job", "doesnotexist0000")
+    assert res.returncode != 0
+    assert "doesnotexist0000" in res.stderr
+
+
+def test_wait_success_and_timeout(shared):
+    done = one_id(shared.cli("submit", "noop"))
+    record = json.loads(ok(shared.cli("wait", done, "--timeout", "20", "--json")))
+    assert record["status"] == "succeeded"
+    assert "succeeded" in ok(shared.cli("wait", done))
+
+    slow = one_id(shared.cli("submit", "sleep", '{"seconds": 30}'))
+    try:
+        res = shared.cli("wait", slow, "--timeout", "0.5")
+        assert res.returncode == 1, res
+        assert "not finished" in res.stderr or "time" in res.stderr
+    finally:
+        with shared.client() as c:
+            c.cancel(slow)
+            assert c.wait(slow, timeout=20).status == "cancelled"
+    res = shared.cli("wait", slow)  # a cancelled job: exit 1 as well
+    assert res.returncode == 1
+    assert "cancelled" in res.stdout
+
+
+def test_cancel_delayed_job(shared):
+    jid = one_id(shared.cli("submit", "sleep", '{"seconds": 1}', "--delay", "60"))
+    with shared.client() as c:
+        assert c.get(jid).status == "scheduled"
+    out = ok(shared.cli("cancel", jid))
+    assert jid in out and "cancelled" in out
+    record = json.loads(ok(shared.cli("job", jid, "--json")))
+    assert record["status"] == "cancelled"
+    assert record["error"]["kind"] == "cancelled"
+    assert record["started_at"] is None
+    res = shared.cli("wait", jid, "--json")
+    assert res.returncode == 1
+    assert json.loads(res.stdout)["status"] == "cancelled"
+    # Cancelling again is harmless and says what the job is.
+    assert "cancelled" in ok(shared.cli("cancel", jid))
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_jobs_filters_newest_first(daemon):
+    with daemon.client() as c:
+        echo_ids = [c.submit("echo", {"n": n}) for n in range(7)]
+        add_ids = [c.submit("add", {"a": n, "b": n}) for n in range(3)]
+        c.wait_many(echo_ids + add_ids, timeout=30)
+        cancelled = c.submit("echo", {"n": "late"}, delay=60)
+        c.cancel(cancelled)
+
+    docs = json.loads(ok(daemon.cli("jobs", "--status", "succeeded", "--type", "echo",
+                                    "--limit", "5", "--json")))
+    assert [d["id"] for d in docs] == echo_ids[::-1][:5]
+    assert {(d["type"], d["status"]) for d in docs} == {("echo", "succeeded")}
+    created = [d["created_at"] for d in docs]
+    assert created == sorted(created, reverse=True)
+
+    docs = json.loads(ok(daemon.cli("jobs", "--json")))
+    assert [d["id"] for d in docs] == [cancelled, *add_ids[::-1], *echo_ids[::-1]]
+    docs = json.loads(ok(daemon.cli("jobs", "--type", "echo", "--json")))
+    assert [d["id"] for d in docs] == [cancelled, *echo_ids[::-1]]
+    docs = json.loads(ok(daemon.cli("jobs", "--status", "cancelled", "--json")))
+    assert [d["id"] for d in docs] == [cancelled]
+    assert json.loads(ok(daemon.cli("jobs", "--status", "failed", "--json"))) == []
+
+    table = ok(daemon.cli("jobs", "--type", "add"))
+    lines = table.strip().splitlines()
+    assert lines[0].split()[:3] == ["ID", "TYPE", "STATUS"]
+    assert [ln.split()[0] for ln in lines[1:]] == add_ids[::-1]
+
+
+def test_jobs_tag_filter(shared):
+    with shared.client() as c:
+        u1 = [c.submit("noop", tags={"user": "u1", "n": str(n)}) for n in range(3)]
+        u2 = [c.submit("noop", tags={"user": "u2"}) for _ in range(2)]
+        c.wait_many(u1 + u2, timeout=20)
+    docs = json.loads(ok(shared.cli("jobs", "--tag", "user=u1", "--json")))
+    assert [d["id"] for d in docs] == u1[::-1]
+    assert all(d["tags"]["user"] == "u1" for d in docs)
+    docs = json.loads(ok(shared.cli("jobs", "--tag", "user=u2", "--limit", "1", "--json")))
+    assert [d["id"] for d in docs] == [u2[-1]]
+    assert json.loads(ok(shared.cli("jobs", "--tag", "user=nobody", "--json"))) == []
+    res = shared.cli("jobs", "--tag", "user")
+    assert res.returncode == 2
+    assert "KEY=VALUE" in res.stderr
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_status_json_and_table(shared):
+    st = json.loads(ok(shared.cli("status", "--json")))
+    workers = st["workers"]
+    assert len(workers) == 2
+    for w in workers:
+        assert {"pid", "pool", "state", "job", "rss"} <= set(w)
+        assert w["pool"] == "default"
+        assert w["pid"] > 0
+        assert w["rss"] > 0
+        assert w["state"] in ("idle", "busy", "starting")
+    assert {p["name"] for p in st["pools"]} == {"default"}
+    assert st["redis"]["up"] is True
+
+    busy = one_id(shared.cli("submit", "sleep", '{"seconds": 30}'))
+    try:
+        def running() -> list:
+            st = json.loads(ok(shared.cli("status", "--json")))
+            return [w for w in st["workers"] if w["job"] == busy]
+        [w] = wait_for(running, 20, 0.1, "the sleep job to show on a worker")
+        assert w["state"] == "busy"
+        table = ok(shared.cli("status"))
+        assert "default" in table
+        assert str(w["pid"]) in table
+        assert busy in table
+    finally:
+        with shared.client() as c:
+            c.cancel(busy)
+            c.wait(busy, timeout=20)
+
+
+# -- finding the daemon ----------------------------------------------------------------
+
+
+def test_unreachable_daemon_exits_3():
+    nowhere = "ipc:///nonexistent/path.sock"
+    res = jobsup("--endpoint", nowhere, "status")
+    assert res.returncode == 3, res
+    assert "nonexistent" in res.stderr
+    res = jobsup("submit", "echo", "{}", "--endpoint", nowhere)
+    assert res.returncode == 3, res
+    res = jobsup("job", "abc", env_extra={"JOBSUP_ENDPOINT": nowhere})
+    assert res.returncode == 3, res
+
+
+def test_endpoint_option_and_env_without_config(shared):
+    st = json.loads(ok(jobsup("--endpoint", shared.endpoint, "status", "--json")))
+    assert st["node"] == "test-node"
+    st = json.loads(ok(jobsup("status", "--json", "--endpoint", shared.endpoint)))
+    assert st["node"] == "test-node"
+    out = ok(jobsup("submit", "add", '{"a": 2, "b": 2}', "--wait", "--json",
+                    env_extra={"JOBSUP_ENDPOINT": shared.endpoint}))
+    assert json.loads(out)["result"] == 4
+    # An explicit --endpoint wins over the environment.
+    res = jobsup("--endpoint", shared.endpoint, "status", "--json",
+                 env_extra={"JOBSUP_ENDPOINT": "ipc:///nonexistent/path.sock"})
+    assert json.loads(ok(res))["node"] == "test-node"
+
+
+def test_config_file_finds_endpoint(shared):
+    st = json.loads(ok(jobsup("-c", str(shared.config), "status", "--json")))
+    assert st["node"] == "test-node"
+    st = json.loads(ok(jobsup("status", "-c", str(shared.config), "--json")))
+    assert st["node"] == "test-node"
