@@ -78,7 +78,8 @@ class Api:
             rid, req = protocol.decode_request(frame, self.m.cfg.api.max_message)
             getattr(self, f"op_{req.op}")(identity, rid, req)
         except JobsupError as exc:
-            self.fail(identity, exc.details.get("rid", rid), exc)
+            found = exc.details.get("rid")
+            self.fail(identity, rid if found is None else found, exc)
         except redis.RedisError as exc:
             self.m.redis_failed(exc)
             self.fail(identity, rid, Unavailable(f"Redis is unreachable ({exc}); try again"))
@@ -233,15 +234,15 @@ class Api:
 
     def op_cancel(self, identity: bytes, rid: Any, req: protocol.Cancel) -> None:
         record_type = self.m.store.r.hget(self.m.store.keys.job(req.id), "type")
-        ttl = self.m.policy(record_type.decode()).failure_ttl if record_type else 86400.0
+        ttl = self.m.jobs.policy(record_type.decode()).failure_ttl if record_type else 86400.0
         status, extra = self.m.store.cancel(req.id, ttl)
         if status == "missing":
             raise NotFound(f"no job {req.id} (it never existed or has expired)")
         if status == "running":
-            local = self.m.request_cancel(req.id, extra)
+            local = self.m.jobs.request_cancel(req.id, extra)
             result = {"id": req.id, "status": "cancelling", "local": local}
         elif status == "cancelled":
-            self.m.cancelled_before_run(req.id)
+            self.m.jobs.cancelled_before_run(req.id)
             result = {"id": req.id, "status": "cancelled"}
         else:
             result = {"id": req.id, "status": status, "message": f"job already {status}"}

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -116,11 +117,24 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return
-        if not _alive_redis(pid):
-            return
+        if not self._ours(pid):
+            return  # gone, or a pid reused (e.g. after a reboot) by a process not ours
         log.warning("stopping leftover embedded redis-server pid %d", pid)
         os.kill(pid, signal.SIGTERM)
-        _wait_gone(pid, 15.0)
+        _wait_gone(pid, 15.0, self._ours)
+
+    def _ours(self, pid: int) -> bool:
+        """Whether ``pid`` is a redis-server of this state dir: its title names our socket,
+        or it runs in our dir (redis-server chdirs to ``dir``)."""
+        if not _alive_redis(pid):
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if str(self.socket).encode() in fh.read():
+                    return True
+            return os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(self.dir)
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -142,9 +156,9 @@ def _alive_redis(pid: int) -> bool:
         return False
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def _wait_gone(pid: int, timeout: float, alive: Callable[[int], bool] = _alive_redis) -> None:
     deadline = time.monotonic() + timeout
-    while _alive_redis(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive_redis(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)

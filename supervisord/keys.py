@@ -17,8 +17,12 @@ class Keys:
     def history(self, job_id: str) -> str:
         return f"{self.prefix}:hist:{job_id}"
 
-    def queue(self, pool: str) -> str:
-        return f"{self.prefix}:queue:{pool}"
+    def queue(self, job_type: str) -> str:
+        """One queue per job type (a zset by -priority, then id)."""
+        return f"{self.prefix}:queue:{job_type}"
+
+    def circuit(self, job_type: str) -> str:
+        return f"{self.prefix}:circuit:{job_type}"
 
     @property
     def scheduled(self) -> str:

@@ -22,14 +22,15 @@ import redis
 import zmq
 
 from supervisord import config as config_mod
-from supervisord import outcome, protocol
+from supervisord import protocol
 from supervisord.api import Api
 from supervisord.batch import Batch
-from supervisord.config import Config, JobTypeConfig
+from supervisord.config import Config
 from supervisord.embedded import EmbeddedRedis
 from supervisord.errors import ConfigError, Unavailable
 from supervisord.events import Publisher
 from supervisord.ids import IdGenerator
+from supervisord.lifecycle import CIRCUIT_GAUGE, Lifecycle
 from supervisord.logs import Logs
 from supervisord.metrics import Metrics
 from supervisord.node import NodeRegistry
@@ -38,7 +39,7 @@ from supervisord.redispipe import RedisPipe
 from supervisord.security import secure_api
 from supervisord.signals import SignalReceiver
 from supervisord.states import FailureKind, KillReason, WorkerState
-from supervisord.store import Op, Reserved, Store, history_entry, pack, unpack
+from supervisord.store import Reserved, Store, pack, unpack
 from supervisord.watchdog import Watchdog
 from supervisord.workers import Pool, Running, WorkerHandle, Workers
 
@@ -65,6 +66,7 @@ class Master:
         self.ids = IdGenerator()
         self.batch = Batch()
         self.api = Api(self)
+        self.jobs = Lifecycle(self)
         self.logs = Logs(cfg.daemon.log_file, cfg.daemon.log_level)
         self.signals = SignalReceiver()
         self.phase = Phase.RUNNING
@@ -84,6 +86,7 @@ class Master:
         self.schemas: dict[str, Any] = {}
         self.embedded: EmbeddedRedis | None = None
         self.workers = Workers(cfg, "", self.node)
+        self.routes = self.jobs.routes()
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> int:
@@ -251,13 +254,13 @@ class Master:
             return  # from an attempt already given up on
         if kind == "done":
             if msg[3] == "cancelled":
-                self.settle_cancelled(run, "handler returned after seeing ctx.cancelled")
+                self.jobs.settle_cancelled(run, "handler returned after seeing ctx.cancelled")
             else:
-                self.succeed(run, msg[2])
+                self.jobs.succeed(run, msg[2])
             self.release(w)
         elif kind == "error":
             _, _, fkind, message, tb, retry_after = msg
-            self.fail(run, FailureKind(fkind), message, tb, retry_after)
+            self.jobs.fail(run, FailureKind(fkind), message, tb, retry_after)
             self.release(w, keep=fkind != FailureKind.MEMORY)
         elif kind == "progress":
             run.progress = (msg[2], msg[3])
@@ -270,7 +273,7 @@ class Master:
         run, w.job = w.job, None
         if run is not None:
             self.running.pop(run.job.id, None)
-            self.write_progress(run)
+            self.jobs.write_progress(run)
         w.jobs_done += 1
         pool = self.workers.pools.get(w.pool)
         limit = pool.cfg.max_jobs_per_worker if pool else None
@@ -312,38 +315,17 @@ class Master:
         run, w.job = w.job, None
         if run is not None:
             self.running.pop(run.job.id, None)
-            self.lost_worker(run, w, reason, text)
+            self.jobs.lost_worker(run, w, reason, text)
         expected = reason in (KillReason.RECYCLE, KillReason.RETIRE, KillReason.SHUTDOWN)
         label = reason.value if reason else "crash"
         if pool is not None and not expected:
             pool.note_death(time.monotonic())
             self.metrics.restarts.labels(w.pool, label).inc()
+            self.metrics.degraded.labels(w.pool).set(1 if pool.degraded else 0)
             log.warning("worker %d pid %d of pool %s %s (%s)", w.wid, w.pid, w.pool, text,
                         label)
         elif pool is not None and reason is not KillReason.SHUTDOWN:
             self.metrics.restarts.labels(w.pool, label).inc()
-
-    def lost_worker(self, run: Running, w: WorkerHandle, reason: KillReason | None,
-                    text: str) -> None:
-        """Decide what a job's attempt was, given why its worker is gone."""
-        pid = w.pid
-        if reason is KillReason.TIMEOUT:
-            self.fail(run, FailureKind.TIMEOUT,
-                      f"exceeded its timeout of {run.job.timeout:g}s; worker pid {pid} {text}")
-        elif reason is KillReason.MEMORY:
-            limit = self.workers.pools[w.pool].cfg.max_rss if w.pool in self.workers.pools else 0
-            self.fail(run, FailureKind.MEMORY,
-                      f"worker pid {pid} went over max_rss ({limit} bytes) and was {text}")
-        elif reason is KillReason.HEARTBEAT:
-            self.fail(run, FailureKind.TIMEOUT,
-                      f"worker pid {pid} sent no heartbeat for "
-                      f"{self.cfg.daemon.heartbeat_timeout:g}s (hung or stopped); {text}")
-        elif reason is KillReason.CANCEL:
-            self.settle_cancelled(run, f"cancelled; worker pid {pid} {text} after cancel_grace")
-        elif reason is KillReason.SHUTDOWN:
-            self.requeue(run, "node shut down while it ran")
-        else:
-            self.fail(run, FailureKind.CRASH, f"worker pid {pid} {text} while running the job")
 
     def handle_signals(self, ready: dict) -> None:
         if self.signals.rfd not in ready:
@@ -379,7 +361,7 @@ class Master:
             self.drain_step(now)
         for run in self.running.values():
             if run.progress is not None and now - run.progress_written >= _PROGRESS_EVERY:
-                self.write_progress(run)
+                self.jobs.write_progress(run)
         if self.due("waiters", 0.1, now):
             self.api.expire_waiters(now)
         if self.due("discover", _DISCOVER_EVERY, now):
@@ -397,7 +379,7 @@ class Master:
         try:
             self.nodes.beat()
             self.api.recheck_waiters()
-            self.poll_remote_cancels()
+            self.jobs.poll_remote_cancels()
             if self.due("janitor", 5.0, now):
                 self.store.expire()
             if self.due("lost", self.cfg.daemon.node_ttl / 2, now):
@@ -418,8 +400,12 @@ class Master:
             m.degraded.labels(pool.name).set(1 if pool.degraded else 0)
         if self.redis_up:
             try:
-                for name, depth in self.store.queue_depths(list(self.workers.pools)).items():
+                types_of = {name: self.types_of(name) for name in self.workers.pools}
+                for name, depth in self.store.queue_depths(types_of).items():
                     m.queue_depth.labels(name).set(depth)
+                breakers = [n for n, jt in self.cfg.jobs.items() if jt.circuit_breaker]
+                for c in self.store.circuits(breakers):
+                    m.circuit.labels(c["type"]).set(CIRCUIT_GAUGE[c["state"]])
                 m.dead_letters.set(self.store.dead_letter_count())
             except redis.RedisError as exc:
                 self.redis_failed(exc)
@@ -441,9 +427,15 @@ class Master:
             self.begin_shutdown(fast=True, why="no worker can start")
 
     # -- jobs: start, finish, fail, requeue -----------------------------------------
-    def policy(self, job_type: str) -> JobTypeConfig:
-        jt = self.cfg.jobs.get(job_type)
-        return jt if jt is not None else JobTypeConfig(handler="missing:handler")
+    def may_have_work(self, job_type: str) -> None:
+        """A job of this type was queued: its pool should look in Redis again."""
+        pool = self.workers.pools.get(self.cfg.pool_of(job_type)) if (
+            job_type in self.cfg.jobs) else None
+        if pool is not None:
+            pool.may_have_work = True
+
+    def types_of(self, pool: str) -> list[str]:
+        return [name for name in self.cfg.jobs if self.cfg.pool_of(name) == pool]
 
     def dispatch(self) -> None:
         if self.phase is not Phase.RUNNING:
@@ -454,165 +446,7 @@ class Master:
             for w in pool.idle():
                 if not pool.buffer:
                     break
-                self.start(w, pool.buffer.popleft())
-
-    def start(self, w: WorkerHandle, job: Reserved) -> None:
-        now = time.time()
-        timeout = job.timeout or None
-        run = Running(job=job, worker=w, started=now,
-                      deadline=time.monotonic() + timeout if timeout else None)
-        w.job = run
-        w.state = WorkerState.BUSY
-        self.running[job.id] = run
-        self.worker_sock.send_multipart((w.identity, pack((
-            "run", job.token, job.id, job.type, job.payload, job.attempt,
-            now + timeout if timeout else None))))
-        per_type = self.metrics.of_type(job.type)
-        per_type.started.inc()
-        per_type.queue_wait.observe(max(0.0, now - max(job.created_at, job.run_at)))
-        hist = history_entry("running", job.attempt, self.node, "started", pid=w.pid, now=now)
-
-        def effect(applied: bool) -> None:
-            if applied:
-                self.events.state(job.id, "running", attempt=job.attempt, pid=w.pid,
-                                  node=self.node)
-            elif w.job is run:
-                self.request_cancel(job.id, job.token)  # cancelled while it was on its way
-
-        self.batch.add(Op("start", job.id, job.token, (f"{self.node}:{w.pid}", hist, now)),
-                       effect)
-
-    def succeed(self, run: Running, result: bytes) -> None:
-        job, now = run.job, time.time()
-        per_type = self.metrics.of_type(job.type)
-        per_type.duration.observe(now - run.started)
-        hist = history_entry("succeeded", job.attempt, self.node, "handler returned",
-                             pid=run.worker.pid, now=now)
-
-        def effect(applied: bool) -> None:
-            if applied:
-                per_type.succeeded.inc()
-                self.events.state(job.id, "succeeded", attempt=job.attempt)
-                self.api.finished(job.id, self.done_waiters)
-
-        ttl = self.policy(job.type).result_ttl
-        self.batch.add(Op("finish", job.id, job.token, ("succeeded", result, hist, ttl)), effect)
-
-    def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
-             retry_after: float | None = None) -> None:
-        job, now = run.job, time.time()
-        policy = self.policy(job.type)
-        self.metrics.duration.labels(job.type).observe(now - run.started)
-        d = outcome.decide(policy, kind, attempt=job.attempt, max_attempts=job.max_attempts,
-                           crashes=job.crashes, rate_limited=job.rate_limited,
-                           timeout=job.timeout or None, retry_after=retry_after)
-        error = pack({"kind": kind.value, "message": message, "traceback": tb,
-                      "attempt": job.attempt})
-        pid = run.worker.pid
-        if not d.retry:
-            hist = history_entry("failed", job.attempt, self.node, d.reason, pid=pid,
-                                 kind=kind, message=message, now=now)
-
-            def failed(applied: bool) -> None:
-                if applied:
-                    self.metrics.failed.labels(job.type, kind.value).inc()
-                    self.events.state(job.id, "failed", attempt=job.attempt, kind=kind.value,
-                                      message=message)
-                    self.api.finished(job.id, self.done_waiters)
-
-            self.batch.add(Op("finish", job.id, job.token,
-                              ("failed", error, hist, policy.failure_ttl)), failed)
-            return
-        run_at = now + d.delay if d.delay > 0 else 0.0
-        status = "scheduled" if run_at else "queued"
-        flags = ("a" if d.burn_attempt else "") + ("c" if d.crash else "") + (
-            "r" if d.rate_limited else "")
-        hist = history_entry(status, job.attempt, self.node, d.reason, pid=pid, kind=kind,
-                             message=message, now=now)
-        if run_at:
-            self.next_due = min(self.next_due or run_at, run_at)
-        elif job.pool in self.workers.pools:
-            self.workers.pools[job.pool].may_have_work = True
-        next_attempt = job.attempt + (1 if d.burn_attempt else 0)
-
-        def retried(applied: bool) -> None:
-            if applied:
-                self.metrics.retried.labels(job.type, kind.value).inc()
-                self.events.state(job.id, status, attempt=next_attempt, kind=kind.value,
-                                  message=message, run_at=run_at or None)
-
-        self.batch.add(Op("retry", job.id, job.token,
-                          (error, hist, run_at, flags, d.timeout or "")), retried)
-
-    def settle_cancelled(self, run: Running, reason: str) -> None:
-        job = run.job
-        error = pack({"kind": "cancelled", "message": reason, "traceback": None,
-                      "attempt": job.attempt})
-        hist = history_entry("cancelled", job.attempt, self.node, reason, pid=run.worker.pid,
-                             kind="cancelled")
-
-        def effect(applied: bool) -> None:
-            self.events.state(job.id, "cancelled", attempt=job.attempt)
-            self.api.finished(job.id, self.done_waiters)
-
-        self.batch.add(Op("finish", job.id, job.token,
-                          ("cancelled", error, hist, self.policy(job.type).failure_ttl)), effect)
-
-    def requeue(self, run: Running | Reserved, reason: str) -> None:
-        """Give a job back to its queue without burning an attempt."""
-        job = run.job if isinstance(run, Running) else run
-        if isinstance(run, Running):
-            self.running.pop(job.id, None)
-            if run.worker.job is run:
-                run.worker.job = None
-        hist = history_entry("queued", job.attempt, self.node, reason)
-
-        def effect(applied: bool) -> None:
-            if applied:
-                self.events.state(job.id, "queued", attempt=job.attempt, message=reason)
-
-        self.batch.add(Op("requeue", job.id, job.token, ("", hist)), effect)
-
-    def write_progress(self, run: Running) -> None:
-        if run.progress is None:
-            return
-        pct, message = run.progress
-        run.progress = None
-        run.progress_written = time.monotonic()
-        self.batch.add(Op("progress", run.job.id, run.job.token, (pct, message)))
-
-    def request_cancel(self, job_id: str, token: str) -> bool:
-        """Ask a running job to stop: ctx.cancelled now, a kill after cancel_grace."""
-        run = self.running.get(job_id)
-        if run is None or run.job.token != token or run.cancel_at is not None:
-            return run is not None
-        self.worker_sock.send_multipart((run.worker.hb_identity, pack(("cancel", token))))
-        run.cancel_at = time.monotonic() + self.policy(run.job.type).cancel_grace
-        return True
-
-    def cancelled_before_run(self, job_id: str) -> None:
-        for pool in self.workers.pools.values():
-            for job in list(pool.buffer):
-                if job.id == job_id:
-                    pool.buffer.remove(job)
-        self.events.state(job_id, "cancelled")
-        done: list = []
-        self.api.finished(job_id, done)
-        if done:
-            self.api.answer(done)
-
-    def poll_remote_cancels(self) -> None:
-        """A cancel that reached another node is seen here through the record's flag."""
-        ids = list(self.running)
-        if not ids:
-            return
-        pipe = self.store.r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(self.store.keys.job(job_id), "cancel_requested")
-        for job_id, flag in zip(ids, pipe.execute(), strict=True):
-            run = self.running.get(job_id)
-            if flag == b"1" and run is not None:
-                self.request_cancel(job_id, run.job.token)
+                self.jobs.start(w, pool.buffer.popleft())
 
     # -- the Redis write of a pass ------------------------------------------------------
     def flush(self) -> None:
@@ -625,8 +459,8 @@ class Master:
                 if job.status == "queued" and job.pool in self.workers.pools:
                     self.workers.pools[job.pool].may_have_work = True
         promote = 500 if self.next_due and now >= self.next_due else 0
-        wants = ({p.name: n for p in self.workers.pools.values() if (n := p.want())}
-                 if self.phase is Phase.RUNNING and self.redis_up else {})
+        wants = ({p.name: (n, self.types_of(p.name)) for p in self.workers.pools.values()
+                  if (n := p.want())} if self.phase is Phase.RUNNING and self.redis_up else {})
         if not (self.batch or wants or promote):
             return
         if not self.redis_up and time.monotonic() < self.redis_retry_at:
@@ -634,8 +468,8 @@ class Master:
         taken = self.batch.take()
         jobs = [job for pending in taken.submits for job in pending.jobs]
         try:
-            self.pipe.send(self.store.write_commands(jobs, taken.ops, wants, promote, now),
-                           (taken, wants, bool(jobs)))
+            self.pipe.send(self.store.write_commands(jobs, taken.ops, wants, promote, now,
+                                                     self.routes), (taken, wants, bool(jobs)))
         except redis.RedisError as exc:
             self.write_failed(taken, exc)
             return
@@ -673,7 +507,7 @@ class Master:
         self.batch.put_back(taken)
         self._resync = True  # replies were lost: jobs may be held that we never heard of
 
-    def committed(self, taken: Batch, wants: dict[str, int], created: list,
+    def committed(self, taken: Batch, wants: dict[str, tuple[int, list[str]]], created: list,
                   applied: Any) -> None:
         self.redis_ok()
         self.acknowledge(taken.submits, created)
@@ -685,6 +519,8 @@ class Master:
                     log.exception("after-commit effect failed")
         self.take_reserved(wants, applied.reserved, applied.promoted)
         self.next_due = applied.next_due
+        for job_type, state in applied.circuit_changes:
+            self.jobs.circuit_changed(job_type, state)
         try:
             if self._resync:
                 self._resync = False
@@ -728,17 +564,17 @@ class Master:
             self.api.reply(pending.identity, protocol.ok(
                 pending.rid, ids if pending.many else {"id": ids[0], "new": rows[0][1]}))
 
-    def take_reserved(self, wants: dict[str, int], reserved: list[Reserved],
+    def take_reserved(self, wants: dict[str, tuple[int, list[str]]], reserved: list[Reserved],
                       promoted: list[str]) -> None:
         got: dict[str, int] = {}
         for job in reserved:
             pool = self.workers.pools.get(job.pool)
             if pool is None or self.phase is not Phase.RUNNING:
-                self.requeue(job, "pool no longer on this node")
+                self.jobs.requeue(job, "pool no longer on this node")
                 continue
             pool.buffer.append(job)
             got[job.pool] = got.get(job.pool, 0) + 1
-        for name, n in wants.items():
+        for name, (n, _) in wants.items():
             if got.get(name, 0) < n:
                 self.workers.pools[name].may_have_work = False
         for name in promoted:
@@ -771,7 +607,7 @@ class Master:
             self.drain_deadline = time.monotonic() + self.cfg.daemon.shutdown_grace
             for pool in self.workers.pools.values():
                 while pool.buffer:
-                    self.requeue(pool.buffer.popleft(), "node shutting down")
+                    self.jobs.requeue(pool.buffer.popleft(), "node shutting down")
         if fast:
             self.drain_deadline = 0.0
             self.drain_step(time.monotonic())
@@ -788,7 +624,7 @@ class Master:
                 return
             for w in busy:
                 if w.job is not None:
-                    self.requeue(w.job, "still running at the end of shutdown_grace")
+                    self.jobs.requeue(w.job, "still running at the end of shutdown_grace")
                 self.workers.stop(w, KillReason.SHUTDOWN)
             self.phase = Phase.STOPPING
             self.stop_deadline = now + self.cfg.daemon.kill_grace + 5.0
@@ -836,6 +672,7 @@ class Master:
                 pool.target = 0
         self.cfg = self.workers.cfg = self.watchdog.cfg = new
         self.schemas = schemas
+        self.routes = self.jobs.routes()
         self.logs.level = getattr(logging, new.daemon.log_level.upper())
         logging.getLogger().setLevel(self.logs.level)
         log.info("reload: config %s applied (%s)", self.config_path,

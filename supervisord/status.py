@@ -54,11 +54,12 @@ def describe(m: Master) -> dict:
                           used_memory=info.get("used_memory"),
                           aof_enabled=bool(info.get("aof_enabled")),
                           embedded=m.embedded is not None)
-        depths = m.store.queue_depths(list(m.workers.pools))
+        depths = m.store.queue_depths({name: m.types_of(name) for name in m.workers.pools})
         dead = m.store.dead_letter_count()
+        circuits = m.store.circuits([n for n, jt in m.cfg.jobs.items() if jt.circuit_breaker])
     except redis.RedisError as exc:
         redis_info.update(up=False, error=str(exc))
-        dead = None
+        dead, circuits = None, []
     pools = [{
         "name": p.name, "target": p.target, "workers": len(p.workers),
         "idle": len(p.idle()), "busy": len(p.busy()), "queued": depths.get(p.name),
@@ -67,6 +68,6 @@ def describe(m: Master) -> dict:
     return {
         "node": m.node, "pid": os.getpid(), "phase": m.phase.value,
         "uptime": round(time.time() - m.started, 3), "accepting": m.accepting,
-        "pools": pools, "workers": workers, "circuits": [], "dead_letters": dead,
+        "pools": pools, "workers": workers, "circuits": circuits, "dead_letters": dead,
         "redis": redis_info, "metrics_port": m.metrics.port,
     }

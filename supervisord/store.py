@@ -108,7 +108,7 @@ class Reserved:
 
 @dataclass(slots=True)
 class Op:
-    """One transition for ``apply``: kind, job id, lease token and up to five arguments."""
+    """One transition for ``apply``: kind, job id, lease token and its arguments."""
 
     kind: str
     id: str
@@ -116,15 +116,26 @@ class Op:
     args: tuple = ()
 
     def argv(self) -> list:
-        a = list(self.args) + [""] * (5 - len(self.args))
-        return [self.kind, self.id, self.token, *a]
+        return [self.kind, self.id, self.token, len(self.args), *self.args]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where jobs of a type go while its circuit is open."""
+
+    type: str
+    fallback: str
+    pool: str
+    timeout: float
+    max_attempts: int
 
 
 @dataclass(slots=True)
 class Applied:
-    flags: list[bool]
+    flags: list[str]  # per op: '1' applied, '0' discarded, '2' retry made final, or a new id
     promoted: list[str]
     reserved: list[Reserved] = field(default_factory=list)
+    circuit_changes: list[tuple[str, str]] = field(default_factory=list)
     next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
 
 
@@ -165,25 +176,29 @@ class Store:
             argv.extend(job.argv())
         return argv
 
-    def apply_argv(self, ops: list[Op], wants: dict[str, int], now: float,
-                   promote_limit: int) -> list:
+    def apply_argv(self, ops: list[Op], wants: dict[str, tuple[int, list[str]]], now: float,
+                   promote_limit: int, routes: list[Route] = ()) -> list:
         argv: list = [self.prefix, self.node, now, len(ops)]
         for op in ops:
             argv.extend(op.argv())
         argv.append(promote_limit)
         argv.append(len(wants))
-        for pool, n in wants.items():
-            argv.extend((pool, n))
+        for pool, (n, types) in wants.items():
+            argv.extend((pool, n, len(types), *types))
+        argv.append(len(routes))
+        for r in routes:
+            argv.extend((r.type, r.fallback, r.pool, r.timeout, r.max_attempts))
         return argv
 
-    def write_commands(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
-                       promote_limit: int, now: float) -> list[tuple]:
+    def write_commands(self, submits: list[NewJob], ops: list[Op],
+                       wants: dict[str, tuple[int, list[str]]], promote_limit: int, now: float,
+                       routes: list[Route] = ()) -> list[tuple]:
         """The commands of one pass: a submit call (if any) and an apply call."""
         commands = []
         if submits:
             commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
         commands.append(("EVALSHA", self.sha["apply"], 0,
-                         *self.apply_argv(ops, wants, now, promote_limit)))
+                         *self.apply_argv(ops, wants, now, promote_limit, routes)))
         return commands
 
     @staticmethod
@@ -196,23 +211,25 @@ class Store:
         if had_submits:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
-        flags, promoted, rows, next_due = replies[-1]
+        flags, promoted, rows, next_due, changes = replies[-1]
         reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
         return created, Applied(
-            flags=[c == "1" for c in flags.decode()],
+            flags=flags.decode().split(",") if flags else [],
             promoted=[p.decode() for p in promoted],
             reserved=reserved,
             next_due=float(next_due) if next_due else 0.0,
+            circuit_changes=[tuple(c.decode().split("=", 1)) for c in changes],
         )
 
-    def write(self, submits: list[NewJob], ops: list[Op], wants: dict[str, int],
-              promote_limit: int = 0, now: float | None = None,
+    def write(self, submits: list[NewJob], ops: list[Op],
+              wants: dict[str, tuple[int, list[str]]], promote_limit: int = 0,
+              now: float | None = None, routes: list[Route] = (),
               ) -> tuple[list[tuple[str, bool]], Applied]:
         """Submit new jobs and apply one pass of transitions in one round trip."""
         now = now or time.time()
         for attempt in (1, 2):
             pipe = self.r.pipeline(transaction=False)
-            for command in self.write_commands(submits, ops, wants, promote_limit, now):
+            for command in self.write_commands(submits, ops, wants, promote_limit, now, routes):
                 pipe.execute_command(*command)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
@@ -225,9 +242,10 @@ class Store:
     def submit(self, jobs: list[NewJob]) -> list[tuple[str, bool]]:
         return self.write(jobs, [], {})[0]
 
-    def apply(self, ops: list[Op], wants: dict[str, int] | None = None,
-              promote_limit: int = 0, now: float | None = None) -> Applied:
-        return self.write([], ops, wants or {}, promote_limit, now)[1]
+    def apply(self, ops: list[Op], wants: dict[str, tuple[int, list[str]]] | None = None,
+              promote_limit: int = 0, now: float | None = None,
+              routes: list[Route] = ()) -> Applied:
+        return self.write([], ops, wants or {}, promote_limit, now, routes)[1]
 
     def recover(self, node: str, reason: str, keep: tuple[str, ...] = ()) -> int:
         """Requeue every job ``node`` holds but ``keep``, without burning attempts."""
@@ -316,11 +334,28 @@ class Store:
         return [(m.decode(), score) for j, (m, score) in enumerate(rows)
                 if all(h is not None for h in hits[j * n:(j + 1) * n])]
 
-    def queue_depths(self, pools: list[str]) -> dict[str, int]:
+    def queue_depths(self, types_of: dict[str, list[str]]) -> dict[str, int]:
+        """Queued jobs per pool: the sum over the pool's type queues."""
         pipe = self.r.pipeline(transaction=False)
-        for pool in pools:
-            pipe.zcard(self.keys.queue(pool))
-        return dict(zip(pools, pipe.execute(), strict=True))
+        for types in types_of.values():
+            for job_type in types:
+                pipe.zcard(self.keys.queue(job_type))
+        counts = iter(pipe.execute())
+        return {pool: sum(next(counts) for _ in types) for pool, types in types_of.items()}
+
+    def circuits(self, types: list[str]) -> list[dict]:
+        """The circuit of each type: state, consecutive failures, open until."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_type in types:
+            pipe.hgetall(self.keys.circuit(job_type))
+        out = []
+        for job_type, raw in zip(types, pipe.execute(), strict=True):
+            h = {k.decode(): v.decode() for k, v in raw.items()}
+            out.append({"type": job_type, "state": h.get("state", "closed"),
+                        "failures": int(h.get("failures", 0)),
+                        "open_until": float(h["open_until"]) if h.get("open_until") else None,
+                        "trial": h.get("trial") or None})
+        return out
 
     def dead_letter_count(self) -> int:
         return int(self.r.zcard(self.keys.dead_letters))

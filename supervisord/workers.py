@@ -87,7 +87,13 @@ class Pool:
 
     @property
     def degraded(self) -> bool:
-        return self.backoff_until > time.monotonic()
+        """True while worker deaths within ``restart_window`` exceed ``max_restarts``."""
+        now = time.monotonic()
+        while self.deaths and self.deaths[0] < now - self.cfg.restart_window:
+            self.deaths.popleft()
+        if len(self.deaths) <= self.cfg.max_restarts:
+            self.backoff_level = 0
+        return self.backoff_level > 0
 
     def idle(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values()
@@ -119,8 +125,6 @@ class Pool:
             self.backoff_until = now + delay
             log.error("pool %s: %d worker deaths in %.0fs; restart backoff %.1fs (degraded)",
                       self.name, len(self.deaths), window, delay)
-        elif not self.deaths or len(self.deaths) <= self.cfg.max_restarts // 2:
-            self.backoff_level = 0
 
 
 class Workers:

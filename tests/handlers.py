@@ -24,3 +24,31 @@ def init_state() -> dict:
 def read_state(payload: Any, ctx: JobContext) -> dict:
     """Returns what the pool's init hook gave this worker, and how often it ran."""
     return {"state": ctx.state, "init_calls": _INIT_CALLS, "pid": os.getpid()}
+
+
+def switch(payload: dict, ctx: JobContext) -> dict:
+    """Fails with Transient while the file named by ``payload["flag"]`` exists."""
+    from worker import Transient
+
+    if os.path.exists(payload["flag"]):
+        raise Transient(f"dependency down ({payload['flag']} exists)")
+    return {"ok": True, "n": payload.get("n")}
+
+
+def always_transient(payload: Any, ctx: JobContext) -> None:
+    from worker import Transient
+
+    raise Transient("still down")
+
+
+def stubborn(payload: Any, ctx: JobContext) -> None:
+    """Ignores cancellation: blocks in a child process until killed."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(60)"], check=False)
+
+
+def boom() -> None:
+    """A pool ``init`` hook that cannot succeed (as a model that will not load)."""
+    raise RuntimeError("cannot load the model")

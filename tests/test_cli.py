@@ -277,13 +277,27 @@ def test_status_json_and_table(shared):
 
 def test_unreachable_daemon_exits_3():
     nowhere = "ipc:///nonexistent/path.sock"
-    res = jobsup("--endpoint", nowhere, "status")
-    assert res.returncode == 3, res
-    assert "nonexistent" in res.stderr
-    res = jobsup("submit", "echo", "{}", "--endpoint", nowhere)
-    assert res.returncode == 3, res
-    res = jobsup("job", "abc", env_extra={"JOBSUP_ENDPOINT": nowhere})
-    assert res.returncode == 3, res
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSUP_")}
+    env["PYTHONPATH"] = str(ROOT)
+    runs = [  # in parallel: each waits out the client's connect timeout
+        ["--endpoint", nowhere, "status"],
+        ["submit", "echo", "{}", "--endpoint", nowhere],
+        ["job", "abc"],
+    ]
+    procs = [subprocess.Popen([sys.executable, "-m", "supervisord", *args], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(env, JOBSUP_ENDPOINT=nowhere) if n == 2 else env)
+             for n, args in enumerate(runs)]
+    try:
+        results = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [3, 3, 3], results
+    for _, err in results:
+        assert "nonexistent/path.sock" in err
 
 
 def test_endpoint_option_and_env_without_config(shared):

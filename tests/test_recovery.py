@@ -18,6 +18,7 @@ import psutil
 import pytest
 import redis
 
+from supervisord.embedded import EmbeddedRedis
 from supervisord.errors import Unavailable
 from tests.conftest import Daemon, wait_for
 
@@ -141,6 +142,28 @@ def test_embedded_redis_survives_sigkill_of_master_and_redis(daemon_factory):
     d.signal(signal.SIGTERM)
     assert d.wait_exit(30) == 0
     wait_for(lambda: gone(server.pid), 15, what="the embedded redis-server to stop")
+
+
+@pytest.mark.timeout(60)
+def test_embedded_start_leaves_a_foreign_redis_named_by_a_stale_pidfile(daemon_factory,
+                                                                        redis_server):
+    """After a reboot, redis.pid may name a pid that now belongs to another redis-server
+    (the system's, another daemon's): the embedded start must not stop that one."""
+    d = daemon_factory(redis_url="embedded", start=False)
+    state = Path(d.sections["daemon"]["state_dir"])
+    state.mkdir(parents=True, mode=0o700)
+    foreign = redis_server.proc.pid
+    (state / "redis.pid").write_text(f"{foreign}\n")
+    d.start()
+    assert redis_server.proc.poll() is None, "the embedded start killed a foreign redis-server"
+    assert redis_server.client().ping()
+    own = redis_server_of(d).pid
+    assert own != foreign
+    # The same check, asked directly: our own server is recognised, the foreign one is not.
+    assert EmbeddedRedis(state)._ours(own)
+    assert not EmbeddedRedis(state)._ours(foreign)
+    with d.client() as c:
+        assert c.wait(c.submit("add", {"a": 1, "b": 2}), timeout=20).result == 3
 
 
 @pytest.mark.timeout(90)

@@ -294,7 +294,7 @@ def test_rate_limited_retry_does_not_burn_attempt(store, ids):
 
 
 def test_recover_requeues_owned_jobs_without_burning_attempts(store, ids):
-    running_id, running = _reserve_started(store, ids)
+    running_id, _ = _reserve_started(store, ids)
     [held_id] = submit(store, new_job(ids))
     [held] = reserve(store)  # reserved (prefetched), not started
     [other_id] = submit(store, new_job(ids))  # still queued, not owned

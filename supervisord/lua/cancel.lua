@@ -2,7 +2,7 @@
 -- the flag is set and the owning node stops it (returns 'running', token).
 -- ARGV: prefix, id, now, error_blob, ttl, by (node)
 local id, now, err, ttl, by = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
-local cur = redis.call('HMGET', k_job(id), 'status', 'pool', 'created_at', 'lease', 'attempt')
+local cur = redis.call('HMGET', k_job(id), 'status', 'type', 'created_at', 'lease', 'attempt')
 local status = cur[1]
 if not status then return { 'missing' } end
 if status == 'running' then

@@ -3,7 +3,7 @@
 local P = ARGV[1]
 local function k_job(id) return P .. ':job:' .. id end
 local function k_hist(id) return P .. ':hist:' .. id end
-local function k_queue(pool) return P .. ':queue:' .. pool end
+local function k_queue(jtype) return P .. ':queue:' .. jtype end
 local function k_owned(node) return P .. ':owned:' .. node end
 local K_SCHEDULED = P .. ':scheduled'
 local K_EXPIRY = P .. ':expiry'
@@ -18,10 +18,11 @@ local function index_status(id, old, new, created)
   redis.call('ZADD', P .. ':idx:status:' .. new, created, id)
 end
 
--- Put a job at its place in its pool's queue: higher priority first, then
--- older ids (ids sort by submission time).
-local function enqueue(id, pool, priority)
-  redis.call('ZADD', k_queue(pool), -tonumber(priority), id)
+-- Put a job at its place in its type's queue: higher priority first, then
+-- older ids (ids sort by submission time).  One queue per job type, so that a
+-- type held back (open circuit) never stands in front of the others.
+local function enqueue(id, jtype, priority)
+  redis.call('ZADD', k_queue(jtype), -tonumber(priority), id)
 end
 
 local function push_history(id, entry)

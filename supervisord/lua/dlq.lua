@@ -9,7 +9,7 @@ else
 end
 local done = {}
 for _, id in ipairs(ids) do
-  local cur = redis.call('HMGET', k_job(id), 'status', 'pool', 'priority', 'created_at')
+  local cur = redis.call('HMGET', k_job(id), 'status', 'type', 'priority', 'created_at')
   if cur[1] == 'failed' and redis.call('ZSCORE', K_DLQ, id) then
     if action == 'retry' then
       redis.call('ZREM', K_DLQ, id)

@@ -11,7 +11,7 @@ local n = 0
 for j = 1, #owned, 2 do
   local id, token = owned[j], owned[j + 1]
   if not keep[id] then
-    local cur = redis.call('HMGET', k_job(id), 'lease', 'status', 'created_at', 'pool',
+    local cur = redis.call('HMGET', k_job(id), 'lease', 'status', 'created_at', 'type',
       'priority', 'attempt')
     if cur[1] == token and (cur[2] == 'queued' or cur[2] == 'running') then
       redis.call('HSET', k_job(id), 'status', 'queued')

@@ -36,7 +36,7 @@ for _ = 1, n do
     if status == 'scheduled' then
       redis.call('ZADD', K_SCHEDULED, run_at, id)
     else
-      enqueue(id, pool, priority)
+      enqueue(id, jtype, priority)
     end
     redis.call('ZADD', P .. ':idx:all', created, id)
     redis.call('ZADD', P .. ':idx:type:' .. jtype, created, id)
