@@ -67,9 +67,10 @@ max_attempts = 5
     def start(self, workers: int | None = None, wait_workers: bool = True) -> float:
         config = self.write_config(self.workers if workers is None else workers)
         t0 = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisord", "-c", str(config), "run"],
-            stdout=open(self.dir / "daemon.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(self.dir / "daemon.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisord", "-c", str(config), "run"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -235,6 +235,14 @@ class Config(_Model):
                 raise ValueError(f"jobs.{job_name}.pool: no pool named {job.pool!r} (have {names})")
             if job.fallback is not None and job.fallback not in self.jobs:
                 raise ValueError(f"jobs.{job_name}.fallback: no job type named {job.fallback!r}")
+        for job_name in self.jobs:
+            chain, at = [job_name], self.jobs[job_name].fallback
+            while at is not None:
+                if at in chain:
+                    raise ValueError(f"jobs.{job_name}.fallback: fallbacks form a cycle "
+                                     f"({' -> '.join([*chain, at])})")
+                chain.append(at)
+                at = self.jobs[at].fallback
         return self
 
     def pool_of(self, job_type: str) -> str:
