@@ -70,4 +70,5 @@ def describe(m: Master) -> dict:
         "uptime": round(time.time() - m.started, 3), "accepting": m.accepting,
         "pools": pools, "workers": workers, "circuits": circuits, "dead_letters": dead,
         "redis": redis_info, "metrics_port": m.metrics.port,
+        "subscriptions": sorted(t.hex() for t in m.events.topics),
     }

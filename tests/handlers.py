@@ -52,3 +52,16 @@ def stubborn(payload: Any, ctx: JobContext) -> None:
 def boom() -> None:
     """A pool ``init`` hook that cannot succeed (as a model that will not load)."""
     raise RuntimeError("cannot load the model")
+
+
+def chatty(payload: dict, ctx: JobContext) -> int:
+    """Reports progress as fast as it can for a while, and streams some output."""
+    import time
+
+    n, end = 0, time.monotonic() + float(payload.get("seconds", 1.0))
+    while time.monotonic() < end:
+        n += 1
+        ctx.progress(min(99.0, n / 100), f"step {n}")
+        if n % 1000 == 0:
+            ctx.emit(f"line {n}")
+    return n

@@ -46,8 +46,10 @@ def field(r: redis.Redis, job_id: str, name: str) -> str | None:
     return value.decode() if value is not None else None
 
 
-def in_queue(r: redis.Redis, job_id: str, pool: str = "default") -> bool:
-    return r.zscore(f"{PREFIX}:queue:{pool}", job_id) is not None
+def in_queue(r: redis.Redis, job_id: str) -> bool:
+    """The job waits in one of the queues (whatever their layout: per pool or per type)."""
+    return any(r.type(key) == b"zset" and r.zscore(key, job_id) is not None
+               for key in r.scan_iter(f"{PREFIX}:queue:*"))
 
 
 def history(r: redis.Redis, job_id: str) -> list[dict]:

@@ -1,0 +1,80 @@
+"""Progress and streamed output: coalesced in Redis, live for watchers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+
+def hset_calls(r) -> int:
+    stats = r.info("commandstats")
+    return int(stats.get("cmdstat_hset", {}).get("calls", 0))
+
+
+@pytest.mark.timeout(60)
+def test_chatty_progress_is_coalesced(daemon_factory, redis_server):
+    d = daemon_factory(jobs={"chatty": {"handler": "tests.handlers:chatty"}})
+    r = redis_server.client()
+    with d.client() as c:
+        c.wait(c.submit("echo", 1), timeout=20)  # warm up
+        before = hset_calls(r)
+        jid = c.submit("chatty", {"seconds": 1.5})
+        saw = wait_for(lambda: (j := c.get(jid)).progress > 0 and j, 10,
+                       what="progress on the record while it runs")
+        assert saw.status == "running" and saw.progress_message.startswith("step ")
+        job = c.wait(jid, timeout=20)
+    calls = job.result
+    writes = hset_calls(r) - before
+    assert calls > 2000, "the handler should have reported progress thousands of times"
+    # A handful of writes per transition plus one per 0.2 s of progress, not one per call.
+    assert writes < 60, f"{writes} HSETs for {calls} progress calls"
+    assert job.progress == 100
+
+
+@pytest.mark.timeout(60)
+def test_watch_starts_with_current_state_and_ends_at_final(daemon):
+    with daemon.client() as c:
+        jid = c.submit("sleep", {"seconds": 1.0})
+        wait_for(lambda: c.get(jid).status == "running", 10, what="the job to run")
+        events = list(c.events(jid, timeout=20))
+    assert events[0]["status"] == "running" and events[0].get("current")
+    assert any(e["event"] == "progress" for e in events)
+    assert any(e["event"] == "output" and "slept" in e["data"] for e in events)
+    assert events[-1]["event"] == "state" and events[-1]["status"] == "succeeded"
+
+    # The CLI, late: the job is finished, so it prints the final state and exits.
+    out = daemon.cli("watch", jid, "--json")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 1 and lines[0]["status"] == "succeeded"
+
+
+@pytest.mark.timeout(60)
+def test_watch_all_streams_state_changes(daemon):
+    proc = subprocess.Popen([sys.executable, "-m", "supervisord", "-c", str(daemon.config),
+                             "watch", "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        with daemon.client() as c:
+            # Until the watcher is subscribed, nobody receives events: keep submitting.
+            def watched() -> bool:
+                c.wait(c.submit("echo", 1), timeout=10)
+                return b"" in _subscriptions(c)
+            wait_for(watched, 20, interval=0.1, what="the watcher to subscribe")
+            ids = [c.submit("echo", n) for n in range(3)]
+            c.wait_many(ids, timeout=20)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    for jid in ids:
+        statuses = [e["status"] for e in events if e.get("job") == jid and e["event"] == "state"]
+        assert statuses == ["queued", "running", "succeeded"], (jid, statuses)
+
+
+def _subscriptions(c) -> set[bytes]:
+    return {bytes.fromhex(t) for t in c.status().get("subscriptions", [])}
