@@ -189,9 +189,12 @@ class Api:
             if not waiter.remaining:
                 done.append(waiter)
 
-    def answer(self, waiters: list[Waiter]) -> None:
-        need = sorted({i for w in waiters if w.records for i in w.ids})
-        records = dict(zip(need, self.m.store.get_many(need), strict=True)) if need else {}
+    def answer(self, waiters: list[Waiter], known: dict[str, dict] | None = None) -> None:
+        """Reply to finished waiters; records the last write returned need no read."""
+        records = dict(known or {})
+        need = sorted({i for w in waiters if w.records for i in w.ids} - set(records))
+        if need:
+            records.update(zip(need, self.m.store.get_many(need), strict=True))
         statuses = {}
         plain = sorted({i for w in waiters if not w.records for i in w.ids})
         if plain:

@@ -57,6 +57,10 @@ class Lifecycle:
                       cfg.jobs[jt.fallback].timeout or 0, cfg.jobs[jt.fallback].max_attempts)
                 for name, jt in cfg.jobs.items() if jt.circuit_breaker and jt.fallback]
 
+    def awaited(self, job_id: str) -> str:
+        """'r' asks the finish op to return the record: someone is waiting for it."""
+        return "r" if job_id in self.m.api.waiters else ""
+
     # -- transitions ----------------------------------------------------------------------
     def start(self, w: WorkerHandle, job: Reserved) -> None:
         m, now = self.m, time.time()
@@ -97,7 +101,8 @@ class Lifecycle:
 
         policy = self.policy(job.type)
         m.batch.add(Op("finish", job.id, job.token, (
-            "succeeded", result, hist, policy.result_ttl, self.circuit(job.type, None))), effect)
+            "succeeded", result, hist, policy.result_ttl, self.circuit(job.type, None),
+            self.awaited(job.id))), effect)
 
     def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
              retry_after: float | None = None) -> None:
@@ -135,11 +140,13 @@ class Lifecycle:
                                      now=now)
             m.batch.add(Op("fallback", job.id, job.token, (
                 error, final, policy.failure_ttl, policy.fallback, m.cfg.pool_of(policy.fallback),
-                fb.max_attempts, fb.timeout or 0, hist_new, circuit)), failed)
+                fb.max_attempts, fb.timeout or 0, hist_new, circuit, self.awaited(job.id))),
+                failed)
             return
         if not d.retry:
-            m.batch.add(Op("finish", job.id, job.token,
-                           ("failed", error, final, policy.failure_ttl, circuit)), failed)
+            m.batch.add(Op("finish", job.id, job.token, (
+                "failed", error, final, policy.failure_ttl, circuit, self.awaited(job.id))),
+                failed)
             return
         run_at = now + d.delay if d.delay > 0 else 0.0
         status = "scheduled" if run_at else "queued"
@@ -181,7 +188,8 @@ class Lifecycle:
             m.api.finished(job.id, m.done_waiters)
 
         m.batch.add(Op("finish", job.id, job.token, (
-            "cancelled", error, hist, self.policy(job.type).failure_ttl, "")), effect)
+            "cancelled", error, hist, self.policy(job.type).failure_ttl, "",
+            self.awaited(job.id))), effect)
 
     def requeue(self, run: Running | Reserved, reason: str) -> None:
         """Give a job back to its queue without burning an attempt."""

@@ -531,7 +531,7 @@ class Master:
                     log.warning("requeued %d job(s) whose hand-over reply Redis lost", n)
             if self.done_waiters:
                 done, self.done_waiters = self.done_waiters, []
-                self.api.answer(done)
+                self.api.answer(done, applied.records)
         except redis.RedisError as exc:
             self.redis_failed(exc)
         self.dispatch()

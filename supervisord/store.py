@@ -136,6 +136,7 @@ class Applied:
     promoted: list[str]
     reserved: list[Reserved] = field(default_factory=list)
     circuit_changes: list[tuple[str, str]] = field(default_factory=list)
+    records: dict[str, dict] = field(default_factory=dict)  # finished jobs with waiters
     next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
 
 
@@ -211,7 +212,7 @@ class Store:
         if had_submits:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
-        flags, promoted, rows, next_due, changes = replies[-1]
+        flags, promoted, rows, next_due, changes, records = replies[-1]
         reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
         return created, Applied(
             flags=flags.decode().split(",") if flags else [],
@@ -219,6 +220,9 @@ class Store:
             reserved=reserved,
             next_due=float(next_due) if next_due else 0.0,
             circuit_changes=[tuple(c.decode().split("=", 1)) for c in changes],
+            records={records[j].decode(): decode_record(
+                dict(zip(records[j + 1][::2], records[j + 1][1::2], strict=True)),
+                records[j + 2]) for j in range(0, len(records), 3)},
         )
 
     def write(self, submits: list[NewJob], ops: list[Op],

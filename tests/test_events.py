@@ -55,26 +55,29 @@ def test_watch_starts_with_current_state_and_ends_at_final(daemon):
 
 
 @pytest.mark.timeout(60)
-def test_watch_all_streams_state_changes(daemon):
-    proc = subprocess.Popen([sys.executable, "-m", "supervisord", "-c", str(daemon.config),
-                             "watch", "--json"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+def test_watch_all_streams_state_changes(daemon, tmp_path):
+    out_file = tmp_path / "watch.out"
+    with open(out_file, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "supervisord", "-c", str(daemon.config),
+                                 "watch", "--json"], stdout=out, text=True, cwd=ROOT)
     try:
         with daemon.client() as c:
             # Until the watcher is subscribed, nobody receives events: keep submitting.
             def watched() -> bool:
                 c.wait(c.submit("echo", 1), timeout=10)
-                return b"" in _subscriptions(c)
+                return b"" in {bytes.fromhex(t) for t in c.status()["subscriptions"]}
             wait_for(watched, 20, interval=0.1, what="the watcher to subscribe")
             ids = [c.submit("echo", n) for n in range(3)]
             c.wait_many(ids, timeout=20)
+
+        def states() -> dict[str, list[str]]:
+            events = [json.loads(line) for line in out_file.read_text().splitlines()
+                      if line.endswith("}")]
+            return {jid: [e["status"] for e in events
+                          if e.get("job") == jid and e["event"] == "state"] for jid in ids}
+        wait_for(lambda: all(s[-1:] == ["succeeded"] for s in states().values()), 10,
+                 what="watch to print every job's final state")
+        assert all(s == ["queued", "running", "succeeded"] for s in states().values())
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    for jid in ids:
-        statuses = [e["status"] for e in events if e.get("job") == jid and e["event"] == "state"]
-        assert statuses == ["queued", "running", "succeeded"], (jid, statuses)
-
-
-def _subscriptions(c) -> set[bytes]:
-    return {bytes.fromhex(t) for t in c.status().get("subscriptions", [])}
+        proc.wait(10)

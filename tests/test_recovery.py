@@ -176,6 +176,7 @@ def test_redis_outage_refuses_submits_and_recovers(daemon_factory, redis_server)
     r.close()
 
     redis_server.stop(signal.SIGKILL)
+    down_at = time.time()
     errors: list[str] = []
 
     def refused() -> bool:
@@ -194,6 +195,7 @@ def test_redis_outage_refuses_submits_and_recovers(daemon_factory, redis_server)
     time.sleep(1.0)  # let the outage last a few retry intervals while jobs finish
     assert d.proc.poll() is None, d.log.read_text()[-3000:]
 
+    up_at = time.time()
     redis_server.start()  # the same dir: the AOF brings the data back
     assert d.proc.poll() is None, d.log.read_text()[-3000:]
 
@@ -210,6 +212,10 @@ def test_redis_outage_refuses_submits_and_recovers(daemon_factory, redis_server)
         for job in jobs:
             assert job.status == "succeeded", (job.id, job.status, job.error, job.history)
             assert [h["status"] for h in job.history].count("succeeded") == 1, job.history
+        # Jobs that finished while Redis was down were held by the master and written
+        # once it was back, with the time they really finished.
+        ended = [h["t"] for j in jobs for h in j.history if h["status"] == "succeeded"]
+        assert any(down_at < t < up_at for t in ended), (down_at, up_at, sorted(ended))
         assert c.wait(new, timeout=30).result == 5
     assert d.proc.poll() is None
     log = d.log.read_text()

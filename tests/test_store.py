@@ -50,8 +50,12 @@ def submit(store: Store, *jobs: NewJob) -> list[str]:
     return [job_id for job_id, _ in created]
 
 
-def reserve(store: Store, n: int = 1, pool: str = POOL, **kw):
-    return store.apply([], {pool: n}, **kw).reserved
+TYPES = ["echo", "add", "resize"]
+
+
+def reserve(store: Store, n: int = 1, pool: str = POOL, types: list[str] = TYPES, **kw):
+    """Take up to ``n`` jobs of ``types`` for ``pool`` (what the master asks each pass)."""
+    return store.apply([], {pool: (n, list(types))}, **kw).reserved
 
 
 def start_op(res, pid: int = 4242, now: float | None = None) -> Op:
@@ -64,19 +68,22 @@ def finish_op(res, status: str = "succeeded", value=None, ttl: float = 3600.0) -
     blob = pack(value if status == "succeeded" else
                 {"kind": "exception", "message": str(value), "traceback": None})
     hist = history_entry(status, res.attempt, NODE, "done")
-    return Op("finish", res.id, res.token, (status, blob, hist, ttl))
+    return Op("finish", res.id, res.token, (status, blob, hist, ttl, "", ""))
 
 
 def retry_op(res, run_at: float, flags: str = "a", new_timeout: str | float = "",
              kind: str = "exception") -> Op:
     err = pack({"kind": kind, "message": "boom", "traceback": None})
     hist = history_entry("queued", res.attempt, NODE, "retry", kind=kind)
-    return Op("retry", res.id, res.token, (err, hist, run_at, flags, new_timeout))
+    final = history_entry("failed", res.attempt, NODE, "retry budget spent", kind=kind)
+    # error, history, run_at, flags, timeout, circuit, budget (-1: none), final history, ttl
+    return Op("retry", res.id, res.token, (err, hist, run_at, flags, new_timeout, "", -1,
+                                           final, 3600.0))
 
 
 def requeue_op(res) -> Op:
-    return Op("requeue", res.id, res.token, ("", history_entry("queued", res.attempt, NODE,
-                                                               "node shut down")))
+    return Op("requeue", res.id, res.token, (history_entry("queued", res.attempt, NODE,
+                                                           "node shut down"),))
 
 
 def progress_op(res, pct: float, message: str) -> Op:
@@ -102,7 +109,7 @@ def test_submit_reserve_start_finish(store, ids):
     assert rec["attempt"] == 1
     assert rec["payload"] == {"x": 1}
     assert rec["tags"] == {"user": "u1"}
-    assert zmembers(store, store.keys.queue(POOL)) == [jid]
+    assert zmembers(store, store.keys.queue("echo")) == [jid]
     assert zmembers(store, store.keys.index_status("queued")) == [jid]
     assert zmembers(store, store.keys.index_type("echo")) == [jid]
     assert zmembers(store, store.keys.index_tag("user", "u1")) == [jid]
@@ -112,12 +119,12 @@ def test_submit_reserve_start_finish(store, ids):
                                                                           1, 3)
     assert unpack(res.payload) == {"x": 1}
     assert res.token.startswith(NODE + "|")
-    assert store.r.zcard(store.keys.queue(POOL)) == 0
+    assert store.r.zcard(store.keys.queue("echo")) == 0
     assert store.r.hget(store.keys.owned(NODE), jid).decode() == res.token
     assert reserve(store, 5) == []  # nothing left to hand out
 
     t0 = time.time()
-    assert store.apply([start_op(res, pid=77, now=t0)]).flags == [True]
+    assert store.apply([start_op(res, pid=77, now=t0)]).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "running"
     assert rec["worker"] == {"node": NODE, "pid": 77}
@@ -125,11 +132,11 @@ def test_submit_reserve_start_finish(store, ids):
     assert zmembers(store, store.keys.index_status("running")) == [jid]
     assert store.r.zcard(store.keys.index_status("queued")) == 0
 
-    assert store.apply([progress_op(res, 40, "almost")]).flags == [True]
+    assert store.apply([progress_op(res, 40, "almost")]).flags == ["1"]
     rec = store.get(jid)
     assert (rec["progress"], rec["progress_message"]) == (40.0, "almost")
 
-    assert store.apply([finish_op(res, value={"ok": True}, ttl=100)]).flags == [True]
+    assert store.apply([finish_op(res, value={"ok": True}, ttl=100)]).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "succeeded"
     assert rec["terminal"] is True
@@ -148,7 +155,7 @@ def test_failed_finish_lands_in_dead_letters(store, ids):
     [jid] = submit(store, new_job(ids))
     [res] = reserve(store)
     store.apply([start_op(res)])
-    assert store.apply([finish_op(res, "failed", "it broke")]).flags == [True]
+    assert store.apply([finish_op(res, "failed", "it broke")]).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "failed"
     assert rec["error"]["message"] == "it broke"
@@ -175,16 +182,16 @@ def test_idempotency_key_returns_existing_job(store, ids):
 def _reserve_started(store, ids):
     [jid] = submit(store, new_job(ids))
     [res] = reserve(store)
-    assert store.apply([start_op(res)]).flags == [True]
+    assert store.apply([start_op(res)]).flags == ["1"]
     return jid, res
 
 
 def test_stale_token_is_discarded_after_rereservation(store, ids):
     jid, old = _reserve_started(store, ids)
-    assert store.apply([requeue_op(old)]).flags == [True]
+    assert store.apply([requeue_op(old)]).flags == ["1"]
     [new] = reserve(store)
     assert new.id == jid and new.token != old.token
-    assert store.apply([start_op(new, pid=2)]).flags == [True]
+    assert store.apply([start_op(new, pid=2)]).flags == ["1"]
     before = store.get(jid)
 
     flags = store.apply([
@@ -194,12 +201,12 @@ def test_stale_token_is_discarded_after_rereservation(store, ids):
         start_op(old, pid=1),
         requeue_op(old),
     ]).flags
-    assert flags == [False] * 5
+    assert flags == ["0"] * 5
     assert store.get(jid) == before  # nothing about the record moved
 
-    assert store.apply([finish_op(new, value="fresh result")]).flags == [True]
+    assert store.apply([finish_op(new, value="fresh result")]).flags == ["1"]
     assert store.apply([finish_op(old, value="late stale result"),
-                        finish_op(new, value="duplicate")]).flags == [False, False]
+                        finish_op(new, value="duplicate")]).flags == ["0", "0"]
     rec = store.get(jid)
     assert rec["status"] == "succeeded"
     assert rec["result"] == "fresh result"
@@ -213,7 +220,7 @@ def test_stale_token_is_discarded_after_recover_before_rereservation(store, ids)
     assert store.recover(NODE, "lost") == 1
     before = store.get(jid)
     assert before["status"] == "queued"
-    assert store.apply([finish_op(old, value="from the lost node")]).flags == [False]
+    assert store.apply([finish_op(old, value="from the lost node")]).flags == ["0"]
     rec = store.get(jid)
     assert rec == before
     assert rec["result"] is None
@@ -221,10 +228,10 @@ def test_stale_token_is_discarded_after_recover_before_rereservation(store, ids)
 
 def test_stale_token_is_discarded_after_retry(store, ids):
     jid, old = _reserve_started(store, ids)
-    assert store.apply([retry_op(old, time.time() - 1)]).flags == [True]
+    assert store.apply([retry_op(old, time.time() - 1)]).flags == ["1"]
     before = store.get(jid)
     assert before["status"] == "queued"
-    assert store.apply([finish_op(old, value="late")]).flags == [False]
+    assert store.apply([finish_op(old, value="late")]).flags == ["0"]
     assert store.get(jid) == before
 
 
@@ -234,7 +241,7 @@ def test_finished_job_never_moves_backwards(store, ids):
     before = store.get(jid)
     flags = store.apply([requeue_op(res), retry_op(res, time.time()), start_op(res),
                          progress_op(res, 5, "x")]).flags
-    assert flags == [False] * 4
+    assert flags == ["0"] * 4
     assert store.get(jid) == before
     assert store.recover(NODE, "interrupted") == 0
     assert store.get(jid) == before
@@ -245,11 +252,11 @@ def test_finished_job_never_moves_backwards(store, ids):
 
 def test_requeue_keeps_attempt(store, ids):
     jid, res = _reserve_started(store, ids)
-    assert store.apply([requeue_op(res)]).flags == [True]
+    assert store.apply([requeue_op(res)]).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "queued"
     assert rec["attempt"] == 1
-    assert zmembers(store, store.keys.queue(POOL)) == [jid]
+    assert zmembers(store, store.keys.queue("echo")) == [jid]
     assert zmembers(store, store.keys.index_status("queued")) == [jid]
     assert store.r.zcard(store.keys.index_status("running")) == 0
     assert not store.r.hexists(store.keys.owned(NODE), jid)
@@ -260,7 +267,7 @@ def test_requeue_keeps_attempt(store, ids):
 def test_retry_increments_attempt_and_schedules(store, ids):
     jid, res = _reserve_started(store, ids)
     run_at = time.time() + 60
-    assert store.apply([retry_op(res, run_at, "a")]).flags == [True]
+    assert store.apply([retry_op(res, run_at, "a")]).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "scheduled"
     assert rec["attempt"] == 2
@@ -269,7 +276,7 @@ def test_retry_increments_attempt_and_schedules(store, ids):
     assert rec["error"]["kind"] == "exception"
     assert store.r.zscore(store.keys.scheduled, jid) == pytest.approx(run_at)
     assert zmembers(store, store.keys.index_status("scheduled")) == [jid]
-    assert store.r.zcard(store.keys.queue(POOL)) == 0
+    assert store.r.zcard(store.keys.queue("echo")) == 0
     assert not store.r.hexists(store.keys.owned(NODE), jid)
     assert statuses(rec) == ["queued", "running", "queued"]
 
@@ -277,7 +284,7 @@ def test_retry_increments_attempt_and_schedules(store, ids):
 def test_retry_with_crash_flag_and_timeout_growth_requeues_now(store, ids):
     jid, res = _reserve_started(store, ids)
     assert store.apply([retry_op(res, time.time() - 1, "ac", 60.0, kind="crash")]
-                       ).flags == [True]
+                       ).flags == ["1"]
     rec = store.get(jid)
     assert rec["status"] == "queued"
     assert (rec["attempt"], rec["crashes"], rec["timeout"]) == (2, 1, 60.0)
@@ -288,7 +295,7 @@ def test_retry_with_crash_flag_and_timeout_growth_requeues_now(store, ids):
 def test_rate_limited_retry_does_not_burn_attempt(store, ids):
     jid, res = _reserve_started(store, ids)
     assert store.apply([retry_op(res, time.time() - 1, "r", kind="rate_limited")]
-                       ).flags == [True]
+                       ).flags == ["1"]
     rec = store.get(jid)
     assert (rec["attempt"], rec["rate_limited"], rec["status"]) == (1, 1, "queued")
 
@@ -306,7 +313,7 @@ def test_recover_requeues_owned_jobs_without_burning_attempts(store, ids):
     rec = store.get(running_id)
     assert rec["history"][-1]["reason"] == "interrupted"
     assert "kind" not in rec["history"][-1]
-    assert set(zmembers(store, store.keys.queue(POOL))) == {running_id, held_id, other_id}
+    assert set(zmembers(store, store.keys.queue("echo"))) == {running_id, held_id, other_id}
     assert store.r.zcard(store.keys.index_status("running")) == 0
     assert store.r.hlen(store.keys.owned(NODE)) == 0
     assert store.recover(NODE, "interrupted") == 0  # nothing twice
@@ -336,7 +343,7 @@ def test_cancel_queued_job(store, ids):
     assert rec["status"] == "cancelled"
     assert rec["error"]["kind"] == "cancelled"
     assert rec["history"][-1]["status"] == "cancelled"
-    assert store.r.zcard(store.keys.queue(POOL)) == 0
+    assert store.r.zcard(store.keys.queue("echo")) == 0
     assert zmembers(store, store.keys.index_status("cancelled")) == [jid]
     assert store.r.zcard(store.keys.index_status("queued")) == 0
     assert store.r.zscore(store.keys.expiry, jid) == pytest.approx(rec["finished_at"] + 50)
@@ -360,7 +367,7 @@ def test_cancel_reserved_job_releases_owner(store, ids):
     [res] = reserve(store)
     assert store.cancel(jid, ttl=50) == ("cancelled", NODE)
     assert not store.r.hexists(store.keys.owned(NODE), jid)
-    assert store.apply([start_op(res)]).flags == [False]  # the master must not run it
+    assert store.apply([start_op(res)]).flags == ["0"]  # the master must not run it
 
 
 def test_cancel_running_job_sets_flag(store, ids):
@@ -571,7 +578,7 @@ def test_scheduled_promotion(store, ids):
     assert applied.next_due == 0.0
     assert store.get(later.id)["status"] == "queued"
     assert store.r.zcard(store.keys.scheduled) == 0
-    assert zmembers(store, store.keys.queue(POOL)) == [later.id]
+    assert zmembers(store, store.keys.queue("echo")) == [later.id]
 
 
 def test_promote_limit_bounds_one_pass(store, ids):
@@ -579,7 +586,7 @@ def test_promote_limit_bounds_one_pass(store, ids):
     jobs = [new_job(ids, delay=5, now=now) for _ in range(6)]
     submit(store, *jobs)
     store.apply([], {}, promote_limit=4, now=now + 10)
-    assert store.r.zcard(store.keys.queue(POOL)) == 4
+    assert store.r.zcard(store.keys.queue("echo")) == 4
     store.apply([], {}, promote_limit=4, now=now + 10)
-    assert store.r.zcard(store.keys.queue(POOL)) == 6
+    assert store.r.zcard(store.keys.queue("echo")) == 6
     assert [r.id for r in reserve(store, 10)] == [j.id for j in jobs]

@@ -3,7 +3,7 @@
 --   op:    kind id token n arg1..argn
 --   pool:  name want ntypes type1..typen
 --   route: type fallback fallback_pool fallback_timeout fallback_max_attempts
--- Returns { flags, promoted_types, reserved, next_due, circuit_changes }:
+-- Returns { flags, promoted_types, reserved, next_due, circuit_changes, records }:
 --   flags: one char per op: '1' applied, '0' discarded (stale token or state),
 --          '2' a retry turned final because the type's retry budget is spent
 --   reserved: 13 fields per job handed to this node (see store.Reserved)
@@ -11,7 +11,14 @@
 local node = ARGV[2]
 local now = tonumber(ARGV[3])
 local nops = tonumber(ARGV[4])
-local flags, changes = {}, {}
+local flags, changes, records = {}, {}, {}
+
+-- A finished job someone waits for goes back whole, saving the waiter a round trip.
+local function record_of(id)
+  records[#records + 1] = id
+  records[#records + 1] = redis.call('HGETALL', k_job(id))
+  records[#records + 1] = redis.call('LRANGE', k_hist(id), 0, -1)
+end
 local i = 5
 
 local function live(id, token)
@@ -85,6 +92,7 @@ for _ = 1, nops do
     settle(id, cur, a[1], a[4], true)
     push_history(id, a[3])
     circuit(cur[4], a[5])
+    if a[6] == 'r' then record_of(id) end
   elseif cur and kind == 'retry' then
     -- error, history, run_at, flags, timeout, circuit, budget, final_history, final_ttl
     circuit(cur[4], a[6])
@@ -139,6 +147,7 @@ for _ = 1, nops do
     settle(id, cur, 'failed', a[3], false)
     push_history(id, a[2])
     circuit(cur[4], a[9])
+    if a[10] == 'r' then record_of(id) end
     flag = new_id
   elseif cur and kind == 'requeue' then
     redis.call('HSET', k_job(id), 'status', 'queued')
@@ -291,4 +300,4 @@ for _ = 1, npools do
 end
 
 local nxt = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
-return { table.concat(flags, ','), promoted, reserved, nxt[2] or '', changes }
+return { table.concat(flags, ','), promoted, reserved, nxt[2] or '', changes, records }
