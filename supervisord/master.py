@@ -82,6 +82,7 @@ class Master:
         self.stop_deadline = 0.0
         self._timers: dict[str, float] = {}
         self._pipe_fd: int | None = None
+        self._redis_seen = False
         self._resync = False
         self.schemas: dict[str, Any] = {}
         self.embedded: EmbeddedRedis | None = None
@@ -582,7 +583,10 @@ class Master:
                 self.workers.pools[name].may_have_work = True
 
     def redis_failed(self, exc: Exception) -> None:
-        if self.redis_up:
+        if self.redis_up and isinstance(exc, redis.ResponseError):
+            log.critical("Redis rejected a jobsup script (a bug; please report it): %s; "
+                         "holding %d transition(s) and retrying", exc, len(self.batch.ops))
+        elif self.redis_up:
             log.error("Redis is unreachable (%s); holding %d transition(s) and refusing "
                       "submits until it is back", exc, len(self.batch.ops))
         self.redis_up = False
@@ -591,8 +595,9 @@ class Master:
 
     def redis_ok(self) -> None:
         if not self.redis_up:
-            if self.started + 5 < time.time():
+            if self._redis_seen:
                 log.warning("Redis is reachable again")
+            self._redis_seen = True
             self.redis_up = True
             self.metrics.redis_up.set(1)
 

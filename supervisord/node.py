@@ -12,6 +12,8 @@ import os
 import socket
 import time
 
+import redis
+
 from supervisord.errors import ConfigError
 from supervisord.store import Store
 
@@ -25,21 +27,41 @@ class NodeRegistry:
         self.me = f"{socket.gethostname()}:{os.getpid()}:{time.time():.3f}"
 
     def claim(self) -> None:
+        """Take the node id, atomically; a dead holder on this host may be replaced."""
         r, keys, node = self.store.r, self.store.keys, self.store.node
-        holder = r.get(keys.node(node))
-        if holder is not None:
-            host, pid, _ = holder.decode().split(":", 2)
-            if host != socket.gethostname() or _alive(int(pid)):
+        key, ttl = keys.node(node), int(self.ttl * 1000)
+        if not r.set(key, self.me, px=ttl, nx=True):
+            holder = r.get(key) or b""
+            host, _, rest = holder.decode().partition(":")
+            pid = rest.partition(":")[0]
+            dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+            # Replace only the holder we judged dead, not one that took over meanwhile.
+            if not dead or not self._swap(key, holder, ttl):
                 raise ConfigError(
                     f"node id {node!r} is in use by another jobsup daemon ({holder.decode()}) "
                     "on this Redis; give each daemon its own daemon.node_id",
                     errors=[{"loc": "daemon.node_id", "msg": "already in use"}])
-        self.beat()
         r.sadd(keys.nodes, node)
 
+    def _swap(self, key: str, expected: bytes, ttl: int) -> bool:
+        with self.store.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) != expected:
+                    return False
+                pipe.multi()
+                pipe.set(key, self.me, px=ttl)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     def beat(self) -> None:
-        self.store.r.set(self.store.keys.node(self.store.node), self.me,
-                         px=int(self.ttl * 1000))
+        key = self.store.keys.node(self.store.node)
+        holder = self.store.r.set(key, self.me, px=int(self.ttl * 1000), get=True)
+        if holder not in (None, self.me.encode()):
+            log.critical("node id %s was taken by another daemon (%s); two daemons share it, "
+                         "give each its own daemon.node_id", self.store.node, holder.decode())
 
     def release(self) -> None:
         r, keys = self.store.r, self.store.keys

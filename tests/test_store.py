@@ -359,7 +359,7 @@ def test_cancel_scheduled_job(store, ids):
     assert store.cancel(jid, ttl=50)[0] == "cancelled"
     assert store.r.zcard(store.keys.scheduled) == 0
     assert store.get(jid)["status"] == "cancelled"
-    assert store.apply([], {POOL: 5}, promote_limit=10, now=time.time() + 120).reserved == []
+    assert store.apply([], {POOL: (5, TYPES)}, promote_limit=10, now=time.time() + 120).reserved == []
 
 
 def test_cancel_reserved_job_releases_owner(store, ids):
@@ -540,12 +540,20 @@ def test_fifo_across_many_submits(store, ids):
     assert got == [j.id for j in jobs]
 
 
-def test_pools_are_separate_queues(store, ids):
-    a = new_job(ids, pool="gpu")
-    b = new_job(ids, pool="cpu")
-    submit(store, a, b)
-    assert [r.id for r in reserve(store, 5, pool="cpu")] == [b.id]
-    assert [r.id for r in reserve(store, 5, pool="gpu")] == [a.id]
+def test_reservation_merges_a_pools_types_and_skips_others(store, ids):
+    # One queue per type; a pool's reservation merges its types by priority, then age.
+    e1 = new_job(ids, type="echo")
+    a1 = new_job(ids, type="add")
+    e2 = new_job(ids, type="echo", priority=2)
+    g1 = new_job(ids, type="resize", pool="gpu")
+    a2 = new_job(ids, type="add")
+    submit(store, e1, a1, e2, g1, a2)
+    assert zmembers(store, store.keys.queue("echo")) == [e2.id, e1.id]
+    assert zmembers(store, store.keys.queue("add")) == [a1.id, a2.id]
+    got = reserve(store, 10, types=["echo", "add"])
+    assert [r.id for r in got] == [e2.id, e1.id, a1.id, a2.id]
+    assert {r.pool for r in got} == {POOL}
+    assert [r.id for r in reserve(store, 10, pool="gpu", types=["resize"])] == [g1.id]
 
 
 def test_scheduled_promotion(store, ids):
@@ -555,16 +563,16 @@ def test_scheduled_promotion(store, ids):
     submit(store, soon, later)
     assert zmembers(store, store.keys.index_status("scheduled")) == [soon.id, later.id]
 
-    applied = store.apply([], {POOL: 5}, promote_limit=100, now=now + 10)
+    applied = store.apply([], {POOL: (5, TYPES)}, promote_limit=100, now=now + 10)
     assert applied.promoted == []
     assert applied.reserved == []
     assert applied.next_due == pytest.approx(now + 30)
 
     # Without a promote limit, due jobs stay where they are.
-    assert store.apply([], {POOL: 5}, promote_limit=0, now=now + 60).reserved == []
+    assert store.apply([], {POOL: (5, TYPES)}, promote_limit=0, now=now + 60).reserved == []
     assert store.get(soon.id)["status"] == "scheduled"
 
-    applied = store.apply([], {POOL: 5}, promote_limit=100, now=now + 60)
+    applied = store.apply([], {POOL: (5, TYPES)}, promote_limit=100, now=now + 60)
     assert applied.promoted == [POOL]
     assert [r.id for r in applied.reserved] == [soon.id]
     assert applied.next_due == pytest.approx(now + 90)
