@@ -26,7 +26,7 @@ from supervisord.errors import (
     UnknownJobType,
 )
 from supervisord.states import TERMINAL, JobStatus
-from supervisord.store import NewJob, history_entry, pack
+from supervisord.store import NewJob, history_entry, pack, tag_index
 
 if TYPE_CHECKING:
     from supervisord.master import Master
@@ -58,6 +58,7 @@ class Api:
     def __init__(self, master: Master) -> None:
         self.m = master
         self.waiters: dict[str, list[Waiter]] = {}
+        self._recheck_at = 0
 
     # -- framing ------------------------------------------------------------
     def reply(self, identity: bytes, frame: bytes) -> None:
@@ -96,36 +97,44 @@ class Api:
             raise Unavailable("Redis is unreachable, so the job could not be stored; "
                               "nothing was queued, try again shortly")
 
-    def _new_job(self, req: protocol.Submit | protocol.SubmitMany, payload: Any,
-                 key: str | None, now: float) -> NewJob:
+    def _new_jobs(self, req: protocol.Submit | protocol.SubmitMany, payloads: list[Any],
+                  keys: list[str | None], now: float) -> list[NewJob]:
+        """Validate and build the jobs of one request; what they share is computed once."""
         cfg = self.m.cfg
         jt = cfg.jobs[req.type]
         schema = self.m.schemas.get(req.type)
-        if schema is not None:
-            try:
-                payload = schema.model_validate(payload).model_dump(mode="json")
-            except pydantic.ValidationError as exc:
-                raise protocol.invalid(exc, message=f"payload of {req.type!r} is invalid"
-                                       ) from None
-        try:
-            blob = pack(payload)
-        except (TypeError, ValueError) as exc:
-            raise protocol.ValidationError(f"payload cannot be encoded: {exc}") from None
-        if len(blob) > jt.max_payload:
-            raise PayloadTooLarge(
-                f"payload of {len(blob)} bytes is over max_payload {jt.max_payload} for "
-                f"{req.type!r}; store large data elsewhere and pass a reference")
         run_at = req.run_at if req.run_at is not None else now + (req.delay or 0.0)
         status = JobStatus.SCHEDULED if run_at > now + 0.001 else JobStatus.QUEUED
-        max_attempts = req.max_attempts or jt.max_attempts
-        return NewJob(
-            id=self.m.ids.next(), type=req.type, pool=cfg.pool_of(req.type), payload=blob,
-            priority=req.priority if req.priority is not None else jt.priority,
-            status=status, run_at=run_at if status == JobStatus.SCHEDULED else now,
-            max_attempts=max_attempts, timeout=req.timeout or jt.timeout or 0,
-            created_at=now, tags=req.tags, key=key or "", key_ttl=jt.key_ttl,
-            history=history_entry(status, 1, self.m.node, "submitted", now=now),
-        )
+        shared = {
+            "type": req.type, "pool": cfg.pool_of(req.type), "status": status,
+            "priority": req.priority if req.priority is not None else jt.priority,
+            "run_at": run_at if status == JobStatus.SCHEDULED else now,
+            "max_attempts": req.max_attempts or jt.max_attempts,
+            "timeout": req.timeout or jt.timeout or 0, "created_at": now, "tags": req.tags,
+            "key_ttl": jt.key_ttl, "tags_blob": pack(req.tags), "tagidx": tag_index(req.tags),
+            "history": history_entry(status, 1, self.m.node, "submitted", now=now),
+        }
+        many = isinstance(req, protocol.SubmitMany)
+        jobs = []
+        for n, (payload, key) in enumerate(zip(payloads, keys, strict=True)):
+            where = f"payloads[{n}]: " if many else ""
+            if schema is not None:
+                try:
+                    payload = schema.model_validate(payload).model_dump(mode="json")
+                except pydantic.ValidationError as exc:
+                    raise protocol.invalid(
+                        exc, message=f"{where}payload of {req.type!r} is invalid") from None
+            try:
+                blob = pack(payload)
+            except (TypeError, ValueError) as exc:
+                raise protocol.ValidationError(f"{where}payload cannot be encoded: {exc}"
+                                               ) from None
+            if len(blob) > jt.max_payload:
+                raise PayloadTooLarge(
+                    f"{where}payload of {len(blob)} bytes is over max_payload {jt.max_payload} "
+                    f"for {req.type!r}; store large data elsewhere and pass a reference")
+            jobs.append(NewJob(id=self.m.ids.next(), payload=blob, key=key or "", **shared))
+        return jobs
 
     def _known(self, job_type: str) -> None:
         if job_type not in self.m.cfg.jobs:
@@ -135,8 +144,8 @@ class Api:
     def op_submit(self, identity: bytes, rid: Any, req: protocol.Submit) -> None:
         self._known(req.type)
         self._check_open()
-        job = self._new_job(req, req.payload, req.key, time.time())
-        self.m.batch.submits.append(PendingSubmit([job], identity, rid, many=False))
+        jobs = self._new_jobs(req, [req.payload], [req.key], time.time())
+        self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=False))
 
     def op_submit_many(self, identity: bytes, rid: Any, req: protocol.SubmitMany) -> None:
         self._known(req.type)
@@ -144,15 +153,7 @@ class Api:
         if req.keys is not None and len(req.keys) != len(req.payloads):
             raise protocol.ValidationError("keys must have one entry per payload")
         keys = req.keys or [None] * len(req.payloads)
-        now = time.time()
-        jobs = []
-        for n, (payload, key) in enumerate(zip(req.payloads, keys, strict=True)):
-            try:
-                jobs.append(self._new_job(req, payload, key, now))
-            except JobsupError as exc:
-                exc.message = f"payloads[{n}]: {exc.message}"
-                exc.args = (exc.message,)
-                raise
+        jobs = self._new_jobs(req, req.payloads, keys, time.time())
         self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=True))
 
     # -- queries ------------------------------------------------------------
@@ -223,11 +224,19 @@ class Api:
                 f"{len(pending)} job(s) not finished in time: {', '.join(pending[:5])}",
                 ids=pending[:100]))
 
-    def recheck_waiters(self) -> None:
-        """Jobs finished by another node sharing Redis are found by a slow poll."""
-        ids = sorted(self.waiters)
-        if not ids:
+    def recheck_waiters(self, limit: int = 200) -> None:
+        """Jobs finished by another node sharing Redis are found by a slow poll.
+
+        Jobs that run here wake their waiters directly; the poll only looks at a
+        rotating slice of the others, so a wait on 10,000 jobs costs Redis
+        ``limit`` reads a second, not 10,000.
+        """
+        others = [i for i in self.waiters if i not in self.m.running]
+        if not others:
             return
+        start = self._recheck_at % len(others)
+        ids = (others[start:] + others[:start])[:limit]
+        self._recheck_at = start + len(ids)
         done: list[Waiter] = []
         for job_id, status in zip(ids, self.m.store.status_of(ids), strict=True):
             if status is None or JobStatus(status) in TERMINAL:
@@ -269,7 +278,7 @@ class Api:
             done = store.dead_letters(req.action, req.ids)
             if req.action == "retry":
                 for pool in self.m.workers.pools.values():
-                    pool.may_have_work = True
+                    pool.hot.update(self.m.types_of(pool.name))
             result = {"ids": done}
         self.reply(identity, protocol.ok(rid, result))
 

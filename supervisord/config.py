@@ -264,15 +264,25 @@ def _loc(loc: tuple) -> str:
     return out or "(top level)"
 
 
+# A cross-reference check names the key it is about: "jobs.x.pool: no pool named ...".
+_KEYED_MSG = re.compile(r"^((?:jobs|pools|daemon|redis|api|metrics)[\w.\-\[\]]*): (.+)$",
+                        re.DOTALL)
+
+
+def _error(e: dict) -> dict:
+    loc, msg = _loc(tuple(e["loc"])), e["msg"].removeprefix("Value error, ")
+    keyed = _KEYED_MSG.match(msg)
+    if keyed and loc == "(top level)":
+        loc, msg = keyed.group(1), keyed.group(2)
+    return {"loc": loc, "msg": msg}
+
+
 def validate(data: dict) -> Config:
     """Build a Config, turning pydantic's errors into one ConfigError with key paths."""
     try:
         return Config.model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = [
-            {"loc": _loc(tuple(e["loc"])), "msg": e["msg"].removeprefix("Value error, ")}
-            for e in exc.errors()
-        ]
+        errors = [_error(e) for e in exc.errors()]
         raise ConfigError("invalid config", errors=errors) from None
 
 

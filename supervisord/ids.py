@@ -2,6 +2,8 @@
 
 16 characters of lowercase Crockford base32: 10 for milliseconds since the
 epoch, 4 for a counter within the millisecond, 2 random to keep nodes apart.
+Bulk submits make thousands a millisecond, so the prefix is built once per
+millisecond and the counter comes from a lookup table.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 characters
 
 
 def _b32(value: int, width: int) -> str:
@@ -24,17 +27,18 @@ class IdGenerator:
     def __init__(self) -> None:
         self._last_ms = 0
         self._counter = 0
+        self._prefix = ""
         self._tail = _b32(int.from_bytes(os.urandom(2), "big"), 2)
 
     def next(self) -> str:
-        ms = int(time.time() * 1000)
-        if ms <= self._last_ms:
-            self._counter += 1
-            if self._counter >= 32**4:
-                self._last_ms += 1
-                self._counter = 0
-            ms = self._last_ms
+        ms = time.time_ns() // 1_000_000
+        if ms > self._last_ms:
+            self._last_ms, self._counter = ms, 0
+            self._prefix = _b32(ms, 10)
         else:
-            self._last_ms = ms
-            self._counter = 0
-        return _b32(ms, 10) + _b32(self._counter, 4) + self._tail
+            self._counter += 1
+            if self._counter >= 1 << 20:  # a million in one millisecond: borrow the next
+                self._last_ms, self._counter = self._last_ms + 1, 0
+                self._prefix = _b32(self._last_ms, 10)
+        c = self._counter
+        return self._prefix + _PAIRS[c >> 10] + _PAIRS[c & 1023] + self._tail

@@ -59,7 +59,8 @@ class Lifecycle:
 
     def awaited(self, job_id: str) -> str:
         """'r' asks the finish op to return the record: someone is waiting for it."""
-        return "r" if job_id in self.m.api.waiters else ""
+        waiting = self.m.api.waiters.get(job_id, ())
+        return "r" if any(len(w.remaining) == 1 for w in waiting) else ""
 
     # -- transitions ----------------------------------------------------------------------
     def start(self, w: WorkerHandle, job: Reserved) -> None:

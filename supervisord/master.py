@@ -82,12 +82,14 @@ class Master:
         self.stop_deadline = 0.0
         self._timers: dict[str, float] = {}
         self._pipe_fd: int | None = None
+        self.pools_changed = True
         self._redis_seen = False
         self._resync = False
         self.schemas: dict[str, Any] = {}
         self.embedded: EmbeddedRedis | None = None
         self.workers = Workers(cfg, "", self.node)
         self.routes = self.jobs.routes()
+        self.breakers = {n for n, jt in cfg.jobs.items() if jt.circuit_breaker}
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> int:
@@ -272,11 +274,13 @@ class Master:
     def release(self, w: WorkerHandle, keep: bool = True) -> None:
         """A worker finished its job: make it idle, or let it go if it is due to leave."""
         run, w.job = w.job, None
+        pool = self.workers.pools.get(w.pool)
         if run is not None:
             self.running.pop(run.job.id, None)
             self.jobs.write_progress(run)
+            if pool is not None:
+                pool.ran(time.time() - run.started)
         w.jobs_done += 1
-        pool = self.workers.pools.get(w.pool)
         limit = pool.cfg.max_jobs_per_worker if pool else None
         outdated = pool is not None and w.generation != pool.generation
         if not keep or (limit and w.jobs_done >= limit) or outdated:
@@ -289,6 +293,7 @@ class Master:
             w.state = WorkerState.IDLE
 
     def retire(self, w: WorkerHandle, reason: KillReason) -> None:
+        self.pools_changed = True
         w.kill_reason = reason
         w.state = WorkerState.STOPPING
         w.kill_at = time.monotonic() + self.cfg.daemon.kill_grace
@@ -308,6 +313,7 @@ class Master:
                       ({self.embedded.proc.pid} if self.embedded and self.embedded.proc else set()))
 
     def on_exit(self, w: WorkerHandle, status: int) -> None:
+        self.pools_changed = True  # replace it now, not at the next reconcile tick
         self.workers.forget(w)
         self.watchdog.forget(w.pid)
         _, text = describe_exit(status)
@@ -353,13 +359,17 @@ class Master:
         return True
 
     def tick(self) -> None:
+        """Timers: cheap when nothing is due, since it runs once per pass."""
         now = time.monotonic()
-        self.watchdog.check(now)
-        if self.phase is Phase.RUNNING:
+        deadline = self.watchdog.next_deadline()
+        if (deadline is not None and now >= deadline) or self.due("watchdog", 0.25, now):
+            self.watchdog.check(now)
+        if self.phase is not Phase.RUNNING:
+            self.drain_step(now)
+        elif self.due("reconcile", 0.1, now) or self.pools_changed:
+            self.pools_changed = False
             self.reconcile()
             self.check_startable()
-        else:
-            self.drain_step(now)
         for run in self.running.values():
             if run.progress is not None and now - run.progress_written >= _PROGRESS_EVERY:
                 self.jobs.write_progress(run)
@@ -368,7 +378,7 @@ class Master:
         if self.due("discover", _DISCOVER_EVERY, now):
             for pool in self.workers.pools.values():
                 if pool.idle():
-                    pool.may_have_work = True
+                    pool.hot.update(self.types_of(pool.name))
         if self.due("slow", _SLOW_EVERY, now):
             self.slow_tick(now)
 
@@ -433,7 +443,7 @@ class Master:
         pool = self.workers.pools.get(self.cfg.pool_of(job_type)) if (
             job_type in self.cfg.jobs) else None
         if pool is not None:
-            pool.may_have_work = True
+            pool.hot.add(job_type)
 
     def types_of(self, pool: str) -> list[str]:
         return [name for name in self.cfg.jobs if self.cfg.pool_of(name) == pool]
@@ -456,11 +466,10 @@ class Master:
             return
         now = time.time()
         for pending in self.batch.submits:
-            for job in pending.jobs:
-                if job.status == "queued" and job.pool in self.workers.pools:
-                    self.workers.pools[job.pool].may_have_work = True
+            if pending.jobs[0].status == "queued" or pending.many:
+                self.may_have_work(pending.jobs[0].type)
         promote = 500 if self.next_due and now >= self.next_due else 0
-        wants = ({p.name: (n, self.types_of(p.name)) for p in self.workers.pools.values()
+        wants = ({p.name: (n, sorted(p.hot)) for p in self.workers.pools.values()
                   if (n := p.want())} if self.phase is Phase.RUNNING and self.redis_up else {})
         if not (self.batch or wants or promote):
             return
@@ -470,7 +479,8 @@ class Master:
         jobs = [job for pending in taken.submits for job in pending.jobs]
         try:
             self.pipe.send(self.store.write_commands(jobs, taken.ops, wants, promote, now,
-                                                     self.routes), (taken, wants, bool(jobs)))
+                                                     self.routes, self.breakers),
+                           (taken, wants, bool(jobs)))
         except redis.RedisError as exc:
             self.write_failed(taken, exc)
             return
@@ -577,10 +587,9 @@ class Master:
             got[job.pool] = got.get(job.pool, 0) + 1
         for name, (n, _) in wants.items():
             if got.get(name, 0) < n:
-                self.workers.pools[name].may_have_work = False
-        for name in promoted:
-            if name in self.workers.pools:
-                self.workers.pools[name].may_have_work = True
+                self.workers.pools[name].hot.clear()  # those queues are empty (or held)
+        for job_type in promoted:
+            self.may_have_work(job_type)
 
     def redis_failed(self, exc: Exception) -> None:
         if self.redis_up and isinstance(exc, redis.ResponseError):
@@ -644,6 +653,7 @@ class Master:
 
     def reload(self) -> list[dict]:
         """Re-read the config file; an invalid one keeps the running config."""
+        self.pools_changed = True
         if not self.config_path:
             log.warning("reload: running on built-in defaults, no config file to re-read")
             return []
@@ -678,6 +688,7 @@ class Master:
         self.cfg = self.workers.cfg = self.watchdog.cfg = new
         self.schemas = schemas
         self.routes = self.jobs.routes()
+        self.breakers = {n for n, jt in new.jobs.items() if jt.circuit_breaker}
         self.logs.level = getattr(logging, new.daemon.log_level.upper())
         logging.getLogger().setLevel(self.logs.level)
         log.info("reload: config %s applied (%s)", self.config_path,
@@ -685,6 +696,7 @@ class Master:
         return []
 
     def resize(self, delta: int) -> None:
+        self.pools_changed = True
         for pool in self.workers.pools.values():
             pool.target = max(0, pool.target + delta)
         log.info("pool sizes now %s",

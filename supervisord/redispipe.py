@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import redis
 from redis.connection import Connection
 
@@ -34,7 +35,9 @@ class RedisPipe:
         if self.conn is None:
             self.conn = self.pool.get_connection()
         try:
-            self.conn.send_packed_command(self.conn.pack_commands(commands), check_health=False)
+            # hiredis packs str, bytes, int and float itself: no per-argument Python encoding.
+            packed = b"".join(hiredis.pack_command(command) for command in commands)
+            self.conn.send_packed_command([packed], check_health=False)
         except redis.RedisError:
             self.reset()
             raise

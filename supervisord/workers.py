@@ -10,6 +10,7 @@ restart backoff instead of a fork loop.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -74,11 +75,12 @@ class Pool:
     generation: int = 0
     workers: dict[int, WorkerHandle] = field(default_factory=dict)
     buffer: deque[Reserved] = field(default_factory=deque)
-    may_have_work: bool = True
+    hot: set[str] = field(default_factory=set)  # job types that may have queued work
     deaths: deque[float] = field(default_factory=deque)
     backoff_level: int = 0
     backoff_until: float = 0.0
     ever_ready: bool = False
+    avg_run: float = 1.0  # moving average of job run time here, seconds
     init_failures: int = 0
 
     @property
@@ -103,11 +105,22 @@ class Pool:
         return [w for w in self.workers.values() if w.job is not None]
 
     def prefetch(self) -> int:
-        return self.cfg.prefetch if self.cfg.prefetch is not None else max(1, self.target)
+        """Jobs held ahead of the workers: about 5 ms of work, at least 1, at most 128.
+
+        Short jobs need a deep buffer, or workers wait for Redis between jobs; long
+        ones need almost none, and a deep buffer would only delay higher-priority
+        jobs submitted later (and keep work from other nodes).
+        """
+        if self.cfg.prefetch is not None:
+            return self.cfg.prefetch
+        return max(1, min(128, math.ceil(max(1, self.target) * 0.005 / max(self.avg_run, 1e-5))))
+
+    def ran(self, seconds: float) -> None:
+        self.avg_run += 0.1 * (seconds - self.avg_run)
 
     def want(self) -> int:
         """How many jobs to take from Redis now: enough for idle workers plus prefetch."""
-        if not self.may_have_work:
+        if not self.hot:
             return 0
         live = [w for w in self.workers.values() if w.kill_reason is None and not w.retire]
         if not live:

@@ -337,3 +337,12 @@ def test_config_unknown_key_is_named(tmp_path):
     res = jobsup("config", "check", str(path))
     assert res.returncode == 2, res
     assert "metrcs" in res.stderr
+
+
+def test_config_check_bad_reference_names_its_key(tmp_path):
+    path = _write(tmp_path, "ref.toml", '[[pools]]\nname = "cpu"\n\n'
+                  '[jobs.x]\nhandler = "examples.demo:echo"\npool = "gpu"\n')
+    res = jobsup("config", "check", str(path))
+    assert res.returncode == 2, res
+    assert "  jobs.x.pool: " in res.stderr
+    assert "'gpu'" in res.stderr

@@ -1,7 +1,7 @@
 -- One loop pass of a node's state changes, in one atomic call.
 -- ARGV: prefix, node, now, nops, ops, promote_limit, npools, pools, nroutes, routes
 --   op:    kind id token n arg1..argn
---   pool:  name want ntypes type1..typen
+--   pool:  name want ntypes (type has_breaker)...
 --   route: type fallback fallback_pool fallback_timeout fallback_max_attempts
 -- Returns { flags, promoted_types, reserved, next_due, circuit_changes, records }:
 --   flags: one char per op: '1' applied, '0' discarded (stale token or state),
@@ -175,16 +175,16 @@ if promote_limit > 0 then
   for _, id in ipairs(due) do
     redis.call('ZREM', K_SCHEDULED, id)
     local cur = redis.call('HMGET', k_job(id), 'status', 'type', 'priority', 'created_at',
-      'attempt', 'pool')
+      'attempt')
     if cur[1] == 'scheduled' then
       redis.call('HSET', k_job(id), 'status', 'queued')
       index_status(id, 'scheduled', 'queued', cur[4])
       enqueue(id, cur[2], cur[3])
       push_history(id, cmsgpack.pack({t = now, status = 'queued', attempt = tonumber(cur[5]),
         node = node, reason = 'due'}))
-      if not seen[cur[6]] then
-        seen[cur[6]] = true
-        promoted[#promoted + 1] = cur[6]
+      if not seen[cur[2]] then
+        seen[cur[2]] = true
+        promoted[#promoted + 1] = cur[2]
       end
     end
   end
@@ -196,7 +196,7 @@ local pools_at = i + 1
 local skip = 0
 for _ = 1, npools do
   local ntypes = tonumber(ARGV[pools_at + skip + 2])
-  skip = skip + 3 + ntypes
+  skip = skip + 3 + 2 * ntypes
 end
 local routes = {}
 local r = pools_at + skip
@@ -264,8 +264,9 @@ for _ = 1, npools do
   local pool, want, ntypes = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local heads = {}
   for t = 1, ntypes do
-    local jtype = ARGV[i + 2 + t]
-    local g = gate(jtype)
+    local jtype = ARGV[i + 1 + 2 * t]
+    local g = 'go'
+    if ARGV[i + 2 + 2 * t] == '1' then g = gate(jtype) end
     if g == 'trial' and want > 0 then
       local first = redis.call('ZRANGE', k_queue(jtype), 0, 0)
       if first[1] and hand_over(pool, jtype, first[1]) then
@@ -279,7 +280,7 @@ for _ = 1, npools do
       if #rows > 0 then heads[#heads + 1] = { jtype = jtype, rows = rows, at = 1 } end
     end
   end
-  i = i + 3 + ntypes
+  i = i + 3 + 2 * ntypes
   while want > 0 do
     local best = nil
     for _, h in ipairs(heads) do
