@@ -195,13 +195,13 @@ class Client:
 
     def jobs(self, status: str | None = None, type: str | None = None,
              tag: tuple[str, str] | None = None, limit: int = 50,
-             cursor: float | None = None) -> list[Job]:
+             cursor: str | None = None) -> list[Job]:
         """Newest first.  For the next page, see ``jobs_page``."""
         return self.jobs_page(status, type, tag, limit, cursor)[0]
 
     def jobs_page(self, status: str | None = None, type: str | None = None,
                   tag: tuple[str, str] | None = None, limit: int = 50,
-                  cursor: float | None = None) -> tuple[list[Job], float | None]:
+                  cursor: str | None = None) -> tuple[list[Job], str | None]:
         fields: dict[str, Any] = {"limit": limit}
         for name, value in (("status", status), ("type", type), ("cursor", cursor)):
             if value is not None:

@@ -200,7 +200,7 @@ class Lifecycle:
             m.running.pop(job.id, None)
             if run.worker.job is run:
                 run.worker.job = None
-        hist = history_entry("queued", job.attempt, m.node, reason)
+        hist = history_entry("queued", job.attempt, m.node, reason) if reason else b""
 
         def effect(flag: str) -> None:
             if flag != "0":

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,17 @@ class Master:
         if pool is not None:
             pool.hot.add(job_type)
 
+    def make_way(self, pool_name: str, priority: int) -> None:
+        """Higher-priority work arrived: give back prefetched jobs that rank below it."""
+        pool = self.workers.pools.get(pool_name)
+        if pool is None or not pool.buffer or pool.buffer[-1].priority >= priority:
+            return
+        keep = [job for job in pool.buffer if job.priority >= priority]
+        for job in pool.buffer:
+            if job.priority < priority:
+                self.jobs.requeue(job, "")  # never started: no history entry
+        pool.buffer = deque(keep)
+
     def types_of(self, pool: str) -> list[str]:
         return [name for name in self.cfg.jobs if self.cfg.pool_of(name) == pool]
 
@@ -466,8 +478,10 @@ class Master:
             return
         now = time.time()
         for pending in self.batch.submits:
-            if pending.jobs[0].status == "queued" or pending.many:
-                self.may_have_work(pending.jobs[0].type)
+            first = pending.jobs[0]
+            if first.status == "queued":
+                self.may_have_work(first.type)
+                self.make_way(first.pool, first.priority)
         promote = 500 if self.next_due and now >= self.next_due else 0
         wants = ({p.name: (n, sorted(p.hot)) for p in self.workers.pools.values()
                   if (n := p.want())} if self.phase is Phase.RUNNING and self.redis_up else {})
@@ -585,6 +599,9 @@ class Master:
                 continue
             pool.buffer.append(job)
             got[job.pool] = got.get(job.pool, 0) + 1
+        for name in got:  # keep each buffer in queue order: priority, then id
+            pool = self.workers.pools[name]
+            pool.buffer = deque(sorted(pool.buffer, key=lambda j: (-j.priority, j.id)))
         for name, (n, _) in wants.items():
             if got.get(name, 0) < n:
                 self.workers.pools[name].hot.clear()  # those queues are empty (or held)

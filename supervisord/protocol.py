@@ -75,7 +75,7 @@ class Jobs(_Request):
     type: str | None = None
     tag: Annotated[list[str], Field(min_length=2, max_length=2)] | None = None
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
-    cursor: float | None = None
+    cursor: Annotated[str, Field(max_length=200)] | None = None
 
 
 class DeadLetters(_Request):

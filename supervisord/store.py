@@ -316,8 +316,11 @@ class Store:
 
     def list_ids(self, status: str | None = None, job_type: str | None = None,
                  tag: tuple[str, str] | None = None, limit: int = 50,
-                 cursor: float | None = None) -> tuple[list[str], float | None]:
+                 cursor: str | None = None) -> tuple[list[str], str | None]:
         """Newest first from the smallest matching index; ``cursor`` pages on.
+
+        The cursor is ``created_at:last_id``; paging resumes after the last id's
+        rank, so a bulk submit's jobs (which share one ``created_at``) are all listed.
 
         Filters intersect indexes kept by the same atomic transitions as the
         records: the smallest index is walked page by page and each member is
@@ -333,17 +336,26 @@ class Store:
         sizes = pipe.execute()
         primary = indexes[sizes.index(min(sizes))]
         others = [k for k in indexes if k != primary]
-        top = f"({cursor}" if cursor is not None else "+inf"
+        offset = self._resume_at(primary, cursor)
         found: list[tuple[str, float]] = []
-        offset, page = 0, max(limit * 2, 100)
+        page = max(limit * 2, 100)
         while len(found) < limit:
-            rows = self.r.zrevrangebyscore(primary, top, "-inf", start=offset, num=page,
-                                           withscores=True)
+            rows = self.r.zrevrange(primary, offset, offset + page - 1, withscores=True)
             if not rows:
                 return [i for i, _ in found], None
             offset += len(rows)
             found += self._matching(rows, others)[:limit - len(found)]
-        return [i for i, _ in found], found[-1][1]
+        return [i for i, _ in found], f"{found[-1][1]!r}:{found[-1][0]}"
+
+    def _resume_at(self, index: str, cursor: str | None) -> int:
+        if not cursor:
+            return 0
+        score, _, last = cursor.partition(":")
+        rank = self.r.zrevrank(index, last) if last else None
+        if rank is not None:
+            return rank + 1
+        # The last job expired meanwhile: resume below its time.
+        return int(self.r.zcount(index, score, "+inf"))
 
     def _matching(self, rows: list[tuple[bytes, float]], others: list[str]
                   ) -> list[tuple[str, float]]:

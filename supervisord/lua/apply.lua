@@ -110,7 +110,8 @@ for _ = 1, nops do
         redis.call('HINCRBY', k_job(id), 'rate_limited', 1)
       end
       if a[5] ~= '' then redis.call('HSET', k_job(id), 'timeout', a[5]) end
-      redis.call('HSET', k_job(id), 'error', a[1], 'run_at', run_at)
+      -- the attempt is over: its token must not change this job any more
+      redis.call('HSET', k_job(id), 'error', a[1], 'run_at', run_at, 'lease', '')
       if run_at > now then
         redis.call('HSET', k_job(id), 'status', 'scheduled')
         index_status(id, cur[2], 'scheduled', cur[3])
@@ -150,7 +151,7 @@ for _ = 1, nops do
     if a[10] == 'r' then record_of(id) end
     flag = new_id
   elseif cur and kind == 'requeue' then
-    redis.call('HSET', k_job(id), 'status', 'queued')
+    redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
     redis.call('HDEL', k_owned(node), id)
     index_status(id, cur[2], 'queued', cur[3])
     enqueue(id, cur[4], cur[5])

@@ -14,7 +14,7 @@ for j = 1, #owned, 2 do
     local cur = redis.call('HMGET', k_job(id), 'lease', 'status', 'created_at', 'type',
       'priority', 'attempt')
     if cur[1] == token and (cur[2] == 'queued' or cur[2] == 'running') then
-      redis.call('HSET', k_job(id), 'status', 'queued')
+      redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
       index_status(id, cur[2], 'queued', cur[3])
       enqueue(id, cur[4], cur[5])
       push_history(id, cmsgpack.pack({t = now, status = 'queued', attempt = tonumber(cur[6]),
