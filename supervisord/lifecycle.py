@@ -29,6 +29,7 @@ log = logging.getLogger("jobsup.jobs")
 _CIRCUIT_KINDS = frozenset({FailureKind.EXCEPTION, FailureKind.TRANSIENT, FailureKind.TIMEOUT,
                             FailureKind.CRASH, FailureKind.RATE_LIMITED})
 CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+START_WRITE_DELAY = 0.005  # seconds a run may go before its start is written on its own
 
 
 class Lifecycle:
@@ -64,16 +65,28 @@ class Lifecycle:
 
     # -- transitions ----------------------------------------------------------------------
     def start(self, w: WorkerHandle, job: Reserved) -> None:
-        m, now = self.m, time.time()
+        """Hand a job to a worker: it starts now if the worker is idle, else right after
+        the worker's current job (a pipelined job, for pools of short jobs)."""
         timeout = job.timeout or None
-        run = Running(job=job, worker=w, started=now,
-                      deadline=time.monotonic() + timeout if timeout else None)
+        run = Running(job=job, worker=w, started=0.0, deadline=None)
+        self.m.worker_sock.send_multipart((w.identity, pack((
+            "run", job.token, job.id, job.type, job.payload, job.attempt,
+            time.time() + timeout if timeout else None))))
+        if w.job is None:
+            self.begin(w, run)
+        else:
+            w.next = run
+
+    def begin(self, w: WorkerHandle, run: Running) -> None:
+        """The attempt starts on the worker: the clock, the watchdog and the record."""
+        m, job, now = self.m, run.job, time.time()
+        run.started = now
+        run.deadline = time.monotonic() + job.timeout if job.timeout else None
         w.job = run
         w.state = WorkerState.BUSY
         m.running[job.id] = run
-        m.worker_sock.send_multipart((w.identity, pack((
-            "run", job.token, job.id, job.type, job.payload, job.attempt,
-            now + timeout if timeout else None))))
+        if run.doomed:
+            self.request_cancel(job.id, job.token)
         per_type = m.metrics.of_type(job.type)
         per_type.started.inc()
         per_type.queue_wait.observe(max(0.0, now - max(job.created_at, job.run_at)))
@@ -85,9 +98,33 @@ class Lifecycle:
             elif w.job is run:
                 self.request_cancel(job.id, job.token)  # cancelled while on its way
 
-        m.batch.add(Op("start", job.id, job.token, (f"{m.node}:{w.pid}", hist, now)), effect)
+        # Written with the attempt's outcome, or after START_WRITE_DELAY if it runs longer:
+        # a short job then costs one Redis write, not two, and its caller waits for one.
+        run.start_op = (Op("start", job.id, job.token, (f"{m.node}:{w.pid}", hist, now)),
+                        effect)
+        m.unstarted.append(run)
+
+    def record_start(self, run: Running) -> None:
+        """Put a run's deferred start transition into the batch (before anything after it)."""
+        if run.start_op is not None:
+            self.m.batch.add(*run.start_op)
+            run.start_op = None
+
+    def record_due_starts(self, now: float) -> float | None:
+        """Write the starts of runs older than START_WRITE_DELAY; the next such moment."""
+        m, later = self.m, []
+        for run in m.unstarted:
+            if run.start_op is None:
+                continue
+            if now - run.started >= START_WRITE_DELAY:
+                self.record_start(run)
+            else:
+                later.append(run)
+        m.unstarted = later
+        return min(r.started for r in later) + START_WRITE_DELAY if later else None
 
     def succeed(self, run: Running, result: bytes) -> None:
+        self.record_start(run)
         m, job, now = self.m, run.job, time.time()
         per_type = m.metrics.of_type(job.type)
         per_type.duration.observe(now - run.started)
@@ -107,6 +144,7 @@ class Lifecycle:
 
     def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
              retry_after: float | None = None) -> None:
+        self.record_start(run)
         m, job, now = self.m, run.job, time.time()
         policy = self.policy(job.type)
         m.metrics.of_type(job.type).duration.observe(now - run.started)
@@ -178,6 +216,7 @@ class Lifecycle:
             policy.failure_ttl)), retried)
 
     def settle_cancelled(self, run: Running, reason: str) -> None:
+        self.record_start(run)
         m, job = self.m, run.job
         error = pack({"kind": "cancelled", "message": reason, "traceback": None,
                       "attempt": job.attempt})
@@ -197,6 +236,7 @@ class Lifecycle:
         m = self.m
         job = run.job if isinstance(run, Running) else run
         if isinstance(run, Running):
+            self.record_start(run)
             m.running.pop(job.id, None)
             if run.worker.job is run:
                 run.worker.job = None
@@ -212,6 +252,7 @@ class Lifecycle:
         """Progress is coalesced: at most one write per job per flush interval."""
         if run.progress is None:
             return
+        self.record_start(run)
         pct, message = run.progress
         run.progress = None
         run.progress_written = time.monotonic()
@@ -257,6 +298,9 @@ class Lifecycle:
             for job in list(pool.buffer):
                 if job.id == job_id:
                     pool.buffer.remove(job)
+        for w in m.workers.all():
+            if w.next is not None and w.next.job.id == job_id:
+                w.next.doomed = True  # already sent: stop it as soon as it starts
         m.events.state(job_id, "cancelled")
         done: list = []
         m.api.finished(job_id, done)

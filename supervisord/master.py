@@ -77,6 +77,8 @@ class Master:
         self.exit_code = 0
         self.started = time.time()
         self.running: dict[str, Running] = {}
+        self.unstarted: list[Running] = []  # runs whose start is not written yet
+        self._next_start_write: float | None = None
         self.done_waiters: list = []
         self.next_due = 0.0
         self.drain_deadline = 0.0
@@ -122,6 +124,8 @@ class Master:
             wake.append(deadline)
         if self.next_due:
             wake.append(now + max(0.0, self.next_due - time.time()))
+        if self.unstarted and self._next_start_write:
+            wake.append(now + max(0.0, self._next_start_write - time.time()))
         return max(0, int((min(wake) - now) * 1000) + 1)
 
     # -- start and stop ---------------------------------------------------------
@@ -282,6 +286,10 @@ class Master:
             if pool is not None:
                 pool.ran(time.time() - run.started)
         w.jobs_done += 1
+        if w.next is not None and keep:
+            self.jobs.begin(w, w.next)  # already on its way to the worker
+            w.next = None
+            return
         limit = pool.cfg.max_jobs_per_worker if pool else None
         outdated = pool is not None and w.generation != pool.generation
         if not keep or (limit and w.jobs_done >= limit) or outdated:
@@ -324,6 +332,9 @@ class Master:
         if run is not None:
             self.running.pop(run.job.id, None)
             self.jobs.lost_worker(run, w, reason, text)
+        if w.next is not None:
+            self.jobs.requeue(w.next.job, "")  # sent ahead but never started
+            w.next = None
         expected = reason in (KillReason.RECYCLE, KillReason.RETIRE, KillReason.SHUTDOWN)
         label = reason.value if reason else "crash"
         if pool is not None and not expected:
@@ -361,6 +372,8 @@ class Master:
 
     def tick(self) -> None:
         """Timers: cheap when nothing is due, since it runs once per pass."""
+        if self.unstarted:
+            self._next_start_write = self.jobs.record_due_starts(time.time())
         now = time.monotonic()
         deadline = self.watchdog.next_deadline()
         if (deadline is not None and now >= deadline) or self.due("watchdog", 0.25, now):
@@ -470,6 +483,12 @@ class Master:
                 if not pool.buffer:
                     break
                 self.jobs.start(w, pool.buffer.popleft())
+            if pool.buffer and pool.pipelining():
+                for w in pool.busy():
+                    if not pool.buffer:
+                        break
+                    if pool.can_take_next(w):
+                        self.jobs.start(w, pool.buffer.popleft())
 
     # -- the Redis write of a pass ------------------------------------------------------
     def flush(self) -> None:

@@ -36,6 +36,8 @@ class Running:
     cancel_at: float | None = None
     progress: tuple[float, str] | None = None
     progress_written: float = 0.0
+    doomed: bool = False  # cancelled while waiting behind the worker's current job
+    start_op: tuple | None = None  # the start transition, until it is written
 
 
 @dataclass(eq=False)
@@ -49,6 +51,7 @@ class WorkerHandle:
     spawned: float = field(default_factory=time.monotonic)
     state: WorkerState = WorkerState.STARTING
     job: Running | None = None
+    next: Running | None = None  # sent ahead, starts when ``job`` ends (short jobs only)
     jobs_done: int = 0
     last_beat: float = field(default_factory=time.monotonic)
     kill_reason: KillReason | None = None
@@ -103,6 +106,17 @@ class Pool:
 
     def busy(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.job is not None]
+
+    def pipelining(self) -> bool:
+        """Short jobs: send a busy worker its next job ahead, so that it never waits for
+        a round trip to the master between jobs.  Long jobs never wait behind others."""
+        return self.avg_run < 0.02 and self.cfg.prefetch != 0
+
+    def can_take_next(self, w: WorkerHandle) -> bool:
+        limit = self.cfg.max_jobs_per_worker
+        return (w.job is not None and w.next is None and w.kill_reason is None
+                and not w.retire and w.generation == self.generation
+                and not (limit and w.jobs_done + 2 > limit))
 
     def prefetch(self) -> int:
         """Jobs held ahead of the workers: about 5 ms of work, at least 1, at most 128.

@@ -29,8 +29,12 @@ local function live(id, token)
   return cur
 end
 
-local function settle(id, cur, status, ttl, dead_letter)
-  redis.call('HSET', k_job(id), 'status', status, 'finished_at', now)
+local function settle(id, cur, status, ttl, dead_letter, field, blob)
+  if field then
+    redis.call('HSET', k_job(id), 'status', status, 'finished_at', now, field, blob)
+  else
+    redis.call('HSET', k_job(id), 'status', status, 'finished_at', now)
+  end
   redis.call('HDEL', k_owned(node), id)
   index_status(id, cur[2], status, cur[3])
   redis.call('ZADD', K_EXPIRY, now + tonumber(ttl), id)
@@ -87,9 +91,12 @@ for _ = 1, nops do
     end
   elseif cur and kind == 'finish' then
     -- status, blob, history, ttl, circuit
-    redis.call('HSET', k_job(id), (a[1] == 'succeeded') and 'result' or 'error', a[2])
-    if a[1] == 'succeeded' then redis.call('HSET', k_job(id), 'progress', 100) end
-    settle(id, cur, a[1], a[4], true)
+    if a[1] == 'succeeded' then
+      redis.call('HSET', k_job(id), 'progress', 100)
+      settle(id, cur, a[1], a[4], true, 'result', a[2])
+    else
+      settle(id, cur, a[1], a[4], true, 'error', a[2])
+    end
     push_history(id, a[3])
     circuit(cur[4], a[5])
     if a[6] == 'r' then record_of(id) end
@@ -98,8 +105,7 @@ for _ = 1, nops do
     circuit(cur[4], a[6])
     redis.call('HDEL', k_owned(node), id)
     if not within_budget(cur[4], a[7]) then
-      redis.call('HSET', k_job(id), 'error', a[1])
-      settle(id, cur, 'failed', a[9], true)
+      settle(id, cur, 'failed', a[9], true, 'error', a[1])
       push_history(id, a[8])
       flag = '2'
     else
