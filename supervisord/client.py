@@ -17,7 +17,7 @@ import msgpack
 import zmq
 from pydantic import BaseModel, ConfigDict
 
-from supervisord.errors import JobFailed, Timeout, Unavailable, from_wire
+from supervisord.errors import JobFailed, Timeout, Unauthorized, Unavailable, from_wire
 from supervisord.protocol import PROTOCOL_VERSION, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
@@ -92,8 +92,22 @@ class Client:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             self._secure(sock)
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            ) if self._curve[0] else None
             sock.connect(self.endpoint)
-            if not sock.poll(self.connect_timeout * 1000, zmq.POLLOUT):
+            try:
+                ready = sock.poll(self.connect_timeout * 1000, zmq.POLLOUT)
+                if monitor is not None and monitor.poll(0):
+                    sock.close()
+                    raise Unauthorized(f"the daemon at {self.endpoint} refused this client's "
+                                       "CurveZMQ key; add its public key to the daemon's "
+                                       "api.curve_allowed_clients and check the server key")
+            finally:
+                if monitor is not None:
+                    sock.disable_monitor()
+                    monitor.close(linger=0)
+            if not ready:
                 sock.close()
                 raise Unavailable(f"no jobsup daemon answers at {self.endpoint} (waited "
                                   f"{self.connect_timeout:g}s); is `jobsup run` running, and "

@@ -184,6 +184,9 @@ class Master:
             try:
                 client.ping()
                 return client
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                raise Unavailable(f"Redis at {_safe_url(url)} refused jobsup's credentials "
+                                  f"({exc}); fix the user/password in redis.url") from None
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"cannot reach Redis at {_safe_url(url)}: {exc}") from None

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +264,38 @@ def daemon_factory(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callab
 @pytest.fixture
 def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
     return daemon_factory()
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` has exited (a zombie nobody reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def all_gone(pids: Iterable[int]) -> bool:
+    return all(gone(pid) for pid in pids)
+
+
+def statuses(r: redis.Redis, ids: list[str], prefix: str = "jobsup") -> list[str | None]:
+    """Job statuses straight from Redis, as the state of record has them."""
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"{prefix}:job:{job_id}", "status")
+    return [s.decode() if s else None for s in pipe.execute()]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon per test module, for tests that only add and look at their own jobs."""
+    base = tmp_path_factory.mktemp("shared")
+    server = RedisServer(base / "redis")
+    server.start()
+    daemon = Daemon(base / "d", server.url, {})
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.kill()
+        server.stop()

@@ -7,30 +7,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, Daemon, RedisServer, wait_for
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 JOB_ID = re.compile(r"^[0-9a-z]{1,64}$")
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the tests that only add their own jobs and look at those."""
-    base = tmp_path_factory.mktemp("cli")
-    server = RedisServer(base / "redis")
-    server.start()
-    daemon = Daemon(base / "d", server.url, {})
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.kill()
-        server.stop()
 
 
 def jobsup(*args: str, input: str | None = None, env_extra: dict | None = None

@@ -11,24 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisord import Client, errors
-from tests.conftest import Daemon, RedisServer, wait_for
+from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon for the tests that only look at their own jobs."""
-    base = tmp_path_factory.mktemp("client")
-    server = RedisServer(base / "redis")
-    server.start()
-    daemon = Daemon(base / "d", server.url, {})
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.kill()
-        server.stop()
 
 
 @pytest.fixture

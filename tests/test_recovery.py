@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -20,28 +19,10 @@ import redis
 
 from supervisord.embedded import EmbeddedRedis
 from supervisord.errors import Unavailable
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, all_gone, gone, statuses, wait_for
 
 PREFIX = "jobsup"
 
-
-def gone(pid: int) -> bool:
-    """True when ``pid`` has exited (a zombie nobody reaped yet counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def all_gone(pids: Iterable[int]) -> bool:
-    return all(gone(pid) for pid in pids)
-
-
-def statuses(r: redis.Redis, ids: list[str]) -> list[str | None]:
-    pipe = r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(f"{PREFIX}:job:{job_id}", "status")
-    return [s.decode() if s else None for s in pipe.execute()]
 
 
 def redis_server_of(d: Daemon) -> psutil.Process:

@@ -12,33 +12,14 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import redis
 
 from supervisord.errors import ShuttingDown, Unavailable
-from tests.conftest import Daemon, wait_for, write_config
+from tests.conftest import Daemon, all_gone, statuses, wait_for, write_config
 
 PREFIX = "jobsup"
 
-
-def gone(pid: int) -> bool:
-    """True when ``pid`` has exited (a zombie nobody reaped yet counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def all_gone(pids: list[int]) -> bool:
-    return all(gone(pid) for pid in pids)
-
-
-def statuses(r: redis.Redis, ids: list[str]) -> list[str | None]:
-    pipe = r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(f"{PREFIX}:job:{job_id}", "status")
-    return [s.decode() if s else None for s in pipe.execute()]
 
 
 def field(r: redis.Redis, job_id: str, name: str) -> str | None:
