@@ -98,15 +98,16 @@ class Client:
             sock.connect(self.endpoint)
             try:
                 ready = sock.poll(self.connect_timeout * 1000, zmq.POLLOUT)
-                if monitor is not None and monitor.poll(0):
-                    sock.close()
-                    raise Unauthorized(f"the daemon at {self.endpoint} refused this client's "
-                                       "CurveZMQ key; add its public key to the daemon's "
-                                       "api.curve_allowed_clients and check the server key")
+                refused = monitor is not None and bool(monitor.poll(0))
             finally:
                 if monitor is not None:
                     sock.disable_monitor()
                     monitor.close(linger=0)
+            if refused:
+                sock.close()
+                raise Unauthorized(f"the daemon at {self.endpoint} refused this client's "
+                                   "CurveZMQ key; add its public key to the daemon's "
+                                   "api.curve_allowed_clients and check the server key")
             if not ready:
                 sock.close()
                 raise Unavailable(f"no jobsup daemon answers at {self.endpoint} (waited "

@@ -18,7 +18,8 @@ def password_redis(tmp_path: Path):
     proc = subprocess.Popen(
         [find_server(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "600",
          "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
-         "--user", "jobsup on >s3cret ~* &* +@all", "--requirepass", "admin-only"],
+         "--user", "jobsup", "on", ">s3cret", "~*", "&*", "+@all",
+         "--requirepass", "admin-only"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def up() -> bool:

@@ -45,9 +45,11 @@ end
 local function circuit(jtype, spec)
   if spec == nil or spec == '' then return end
   local key = P .. ':circuit:' .. jtype
-  local state = redis.call('HGET', key, 'state') or 'closed'
+  local c = redis.call('HMGET', key, 'state', 'failures')
+  local state = c[1] or 'closed'
   if spec == 'S' then
-    redis.call('HSET', key, 'failures', 0)
+    -- the common case (closed, no failures) reads only: no write, no AOF entry
+    if c[2] and c[2] ~= '0' then redis.call('HSET', key, 'failures', 0) end
     if state ~= 'closed' then
       redis.call('HSET', key, 'state', 'closed', 'changed_at', now, 'trial', '')
       changes[#changes + 1] = jtype .. '=closed'
