@@ -75,7 +75,7 @@ class Lifecycle:
         if w.job is None:
             self.begin(w, run)
         else:
-            w.next = run
+            w.ahead.append(run)
 
     def begin(self, w: WorkerHandle, run: Running) -> None:
         """The attempt starts on the worker: the clock, the watchdog and the record."""
@@ -124,7 +124,6 @@ class Lifecycle:
         return min(r.started for r in later) + START_WRITE_DELAY if later else None
 
     def succeed(self, run: Running, result: bytes) -> None:
-        self.record_start(run)
         m, job, now = self.m, run.job, time.time()
         per_type = m.metrics.of_type(job.type)
         per_type.duration.observe(now - run.started)
@@ -138,9 +137,22 @@ class Lifecycle:
                 m.api.finished(job.id, m.done_waiters)
 
         policy = self.policy(job.type)
+        circuit, awaited = self.circuit(job.type, None), self.awaited(job.id)
+        if run.start_op is not None:
+            # Its start was never written: write start and success as one transition.
+            (start, start_effect), run.start_op = run.start_op, None
+            worker, running_hist, started_at = start.args
+
+            def both(flag: str) -> None:
+                start_effect(flag)
+                effect(flag)
+
+            m.batch.add(Op("ran", job.id, job.token, (
+                worker, running_hist, started_at, result, hist, policy.result_ttl, circuit,
+                awaited)), both)
+            return
         m.batch.add(Op("finish", job.id, job.token, (
-            "succeeded", result, hist, policy.result_ttl, self.circuit(job.type, None),
-            self.awaited(job.id))), effect)
+            "succeeded", result, hist, policy.result_ttl, circuit, awaited)), effect)
 
     def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
              retry_after: float | None = None) -> None:
@@ -299,8 +311,9 @@ class Lifecycle:
                 if job.id == job_id:
                     pool.buffer.remove(job)
         for w in m.workers.all():
-            if w.next is not None and w.next.job.id == job_id:
-                w.next.doomed = True  # already sent: stop it as soon as it starts
+            for run in w.ahead:
+                if run.job.id == job_id:
+                    run.doomed = True  # already sent: stop it as soon as it starts
         m.events.state(job_id, "cancelled")
         done: list = []
         m.api.finished(job_id, done)

@@ -289,9 +289,8 @@ class Master:
             if pool is not None:
                 pool.ran(time.time() - run.started)
         w.jobs_done += 1
-        if w.next is not None and keep:
-            self.jobs.begin(w, w.next)  # already on its way to the worker
-            w.next = None
+        if w.ahead and keep:
+            self.jobs.begin(w, w.ahead.popleft())  # already on its way to the worker
             return
         limit = pool.cfg.max_jobs_per_worker if pool else None
         outdated = pool is not None and w.generation != pool.generation
@@ -335,9 +334,8 @@ class Master:
         if run is not None:
             self.running.pop(run.job.id, None)
             self.jobs.lost_worker(run, w, reason, text)
-        if w.next is not None:
-            self.jobs.requeue(w.next.job, "")  # sent ahead but never started
-            w.next = None
+        while w.ahead:
+            self.jobs.requeue(w.ahead.popleft().job, "")  # sent ahead but never started
         expected = reason in (KillReason.RECYCLE, KillReason.RETIRE, KillReason.SHUTDOWN)
         label = reason.value if reason else "crash"
         if pool is not None and not expected:
@@ -486,12 +484,16 @@ class Master:
                 if not pool.buffer:
                     break
                 self.jobs.start(w, pool.buffer.popleft())
-            if pool.buffer and pool.pipelining():
-                for w in pool.busy():
-                    if not pool.buffer:
-                        break
-                    if pool.can_take_next(w):
+            depth = pool.pipeline_depth()
+            if pool.buffer and depth:
+                busy = [w for w in pool.busy() if pool.can_take_more(w, depth)]
+                while pool.buffer and busy:  # one each in turn, so that workers share evenly
+                    for w in list(busy):
+                        if not pool.buffer:
+                            break
                         self.jobs.start(w, pool.buffer.popleft())
+                        if not pool.can_take_more(w, depth):
+                            busy.remove(w)
 
     # -- the Redis write of a pass ------------------------------------------------------
     def flush(self) -> None:

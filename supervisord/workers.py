@@ -51,7 +51,7 @@ class WorkerHandle:
     spawned: float = field(default_factory=time.monotonic)
     state: WorkerState = WorkerState.STARTING
     job: Running | None = None
-    next: Running | None = None  # sent ahead, starts when ``job`` ends (short jobs only)
+    ahead: deque[Running] = field(default_factory=deque)  # sent, start after ``job``
     jobs_done: int = 0
     last_beat: float = field(default_factory=time.monotonic)
     kill_reason: KillReason | None = None
@@ -107,16 +107,19 @@ class Pool:
     def busy(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values() if w.job is not None]
 
-    def pipelining(self) -> bool:
-        """Short jobs: send a busy worker its next job ahead, so that it never waits for
-        a round trip to the master between jobs.  Long jobs never wait behind others."""
-        return self.avg_run < 0.02 and self.cfg.prefetch != 0
+    def pipeline_depth(self) -> int:
+        """Jobs sent ahead to a busy worker, so that it never waits for a round trip to
+        the master between short jobs: a few for tiny jobs, none for long ones (which
+        must never wait behind another while a worker may be free)."""
+        if self.cfg.prefetch == 0 or self.avg_run >= 0.02:
+            return 0
+        return 4 if self.avg_run < 0.002 else 1
 
-    def can_take_next(self, w: WorkerHandle) -> bool:
+    def can_take_more(self, w: WorkerHandle, depth: int) -> bool:
         limit = self.cfg.max_jobs_per_worker
-        return (w.job is not None and w.next is None and w.kill_reason is None
+        return (w.job is not None and len(w.ahead) < depth and w.kill_reason is None
                 and not w.retire and w.generation == self.generation
-                and not (limit and w.jobs_done + 2 > limit))
+                and not (limit and w.jobs_done + len(w.ahead) + 2 > limit))
 
     def prefetch(self) -> int:
         """Jobs held ahead of the workers: about 5 ms of work, at least 1, at most 128.

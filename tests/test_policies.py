@@ -135,7 +135,8 @@ def test_rate_limited_waits_without_burning_attempts(daemon_factory):
     d = daemon_factory(jobs={"limited": {"handler": "examples.demo:fail", "max_attempts": 1,
                                          "max_rate_limited": 2}})
     with d.client() as c:
-        jid = c.submit("limited", {"how": "rate_limited", "retry_after": 0.3})
+        # Long enough for the CLI (a new process) to see the job while it is scheduled.
+        jid = c.submit("limited", {"how": "rate_limited", "retry_after": 1.5})
         wait_for(lambda: c.get(jid).status == "scheduled", 10, what="a scheduled retry")
         shown = d.cli("job", jid)
         assert "next run" in shown.stdout and "rate_limited" in shown.stdout

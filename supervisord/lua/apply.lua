@@ -91,6 +91,22 @@ for _ = 1, nops do
       index_status(id, cur[2], 'running', cur[3])
       push_history(id, a[2])
     end
+  elseif cur and kind == 'ran' then
+    -- a short attempt's start and success in one: worker, running history, started_at,
+    -- result, final history, ttl, circuit, want record
+    if cur[2] ~= 'queued' then
+      flag = '0'
+    else
+      redis.call('HSET', k_job(id), 'status', 'succeeded', 'started_at', a[3],
+        'finished_at', now, 'worker', a[1], 'result', a[4], 'progress', 100,
+        'progress_message', '')
+      redis.call('HDEL', k_owned(node), id)
+      index_status(id, cur[2], 'succeeded', cur[3])
+      redis.call('ZADD', K_EXPIRY, now + tonumber(a[6]), id)
+      redis.call('RPUSH', k_hist(id), a[2], a[5])
+      circuit(cur[4], a[7])
+      if a[8] == 'r' then record_of(id) end
+    end
   elseif cur and kind == 'finish' then
     -- status, blob, history, ttl, circuit
     if a[1] == 'succeeded' then
