@@ -200,13 +200,23 @@ def run_jobsup(args: argparse.Namespace) -> dict:
                 out["latency_p50_ms"], out["latency_p99_ms"] = latency(c, args.latency_jobs)
                 out["kill_rerun_ms"], out["replacement_ready_ms"] = kill_rerun(c, args.kills)
                 out["delay_lag_p50_ms"], out["delay_lag_max_ms"] = delay_lag(c)
+        finally:
+            d.stop()
+        # The same workloads on a job type with every policy on, in a fresh daemon so
+        # that neither run pays for the other's data (index sizes, AOF rewrites).
+        g = Daemon(work / "guarded")
+        g.dir.mkdir(parents=True)
+        g.start()
+        try:
+            with Client(g.endpoint, timeout=60) as c:
+                c.wait_many(c.submit_many("guarded", [None] * 200), timeout=60)  # warm up
                 guarded = {"system": "jobsup (policies on)", "version": "0.1.0"}
                 guarded["throughput_bulk_jobs_s"] = throughput_bulk(c, args.jobs, "guarded")
                 guarded["throughput_jobs_s"] = throughput_single(c, args.jobs, "guarded")
                 guarded["latency_p50_ms"], guarded["latency_p99_ms"] = latency(
                     c, args.latency_jobs, "guarded")
         finally:
-            d.stop()
+            g.stop()
         out["restart_first_result_s"] = restart_backlog(work, args.jobs)
     return [out, guarded]
 
