@@ -85,6 +85,7 @@ class Master:
         self.stop_deadline = 0.0
         self._timers: dict[str, float] = {}
         self._pipe_fd: int | None = None
+        self._errors: list[float] = []
         self.pools_changed = True
         self._redis_seen = False
         self._resync = False
@@ -99,19 +100,39 @@ class Master:
         try:
             self.open()
             while self.phase is not Phase.DONE:
-                ready = dict(self.poller.poll(self.poll_timeout()))
-                self.read_redis(ready)
-                self.read_api(ready)
-                self.read_workers(ready)
-                self.read_subscriptions(ready)
-                self.reap(ready)
-                self.handle_signals(ready)
-                self.tick()
-                self.dispatch()
-                self.flush()
+                try:
+                    self.run_pass()
+                except Exception:
+                    self.survive()
         finally:
             self.close()
         return self.exit_code
+
+    def run_pass(self) -> None:
+        ready = dict(self.poller.poll(self.poll_timeout()))
+        self.read_redis(ready)
+        self.read_api(ready)
+        self.read_workers(ready)
+        self.read_subscriptions(ready)
+        self.reap(ready)
+        self.handle_signals(ready)
+        self.tick()
+        self.dispatch()
+        self.flush()
+
+    def survive(self) -> None:
+        """A bug in one pass is logged and the daemon keeps serving; one that repeats
+        every pass would only spin, so then the daemon stops (jobs are recovered on
+        restart) and leaves the restart to systemd."""
+        log.exception("unexpected error in the master loop; continuing")
+        now = time.monotonic()
+        self._errors = [t for t in self._errors if t > now - 10.0] + [now]
+        if len(self._errors) > 20:
+            log.critical("the master loop failed %d times in 10 s; stopping",
+                         len(self._errors))
+            self.exit_code = 1
+            self.begin_shutdown(fast=True, why="repeated internal errors")
+            self.phase = Phase.DONE
 
     def poll_timeout(self) -> int:
         if not self.pipe.busy and (self.batch or any(
