@@ -7,6 +7,7 @@ watched through a pidfd so that the master's poll wakes the moment one exits.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -89,17 +90,42 @@ def describe_exit(status: int) -> tuple[str, str]:
     return f"exit {code}", f"exited with status {code}"
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a worker and all its descendants, in bytes."""
-    total = 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for proc in procs:
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident memory of a worker and all its descendants, in bytes.
+
+    Raises psutil.Error when the worker itself is gone; a descendant that exits
+    while we look is simply not counted.
+    """
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
         try:
-            total += proc.memory_info().rss
+            total += child.memory_info().rss
         except psutil.Error:
             pass
     return total
+
+
+def become_subreaper() -> None:
+    """Orphans of a worker's children come to us, so that we can end them too."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_orphans(known: set[int]) -> None:
+    """Kill and reap processes re-parented to us whose worker is gone."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return
+    for child in children:
+        if child.pid in known:
+            continue
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                child.kill()
+            os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            pass

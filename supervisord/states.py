@@ -55,3 +55,12 @@ class KillReason(StrEnum):
     RECYCLE = "recycle"
     SHUTDOWN = "shutdown"
     RETIRE = "retire"
+
+
+class Phase(StrEnum):
+    """Where the master is in its life; shutdown moves it down this list."""
+
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    DONE = "done"

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import psutil
 import redis
 
+from supervisord.process import tree_rss
+
 if TYPE_CHECKING:
     from supervisord.master import Master
 
@@ -18,13 +20,7 @@ _cpu: dict[int, psutil.Process] = {}
 def _worker_usage(pid: int) -> tuple[int, float]:
     try:
         proc = _cpu.get(pid) or _cpu.setdefault(pid, psutil.Process(pid))
-        rss = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                rss += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return rss, proc.cpu_percent(None)
+        return tree_rss(proc), proc.cpu_percent(None)
     except psutil.Error:
         _cpu.pop(pid, None)
         return 0, 0.0

@@ -13,6 +13,7 @@ import psutil
 
 from supervisord.config import Config
 from supervisord.metrics import Metrics
+from supervisord.process import tree_rss
 from supervisord.states import KillReason, WorkerState
 from supervisord.workers import WorkerHandle, Workers
 
@@ -91,13 +92,7 @@ class Watchdog:
         try:
             if proc is None:
                 proc = self._procs[w.pid] = psutil.Process(w.pid)
-            total = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            return total
+            return tree_rss(proc)
         except psutil.Error:
             self._procs.pop(w.pid, None)
             return 0
