@@ -185,38 +185,34 @@ def restart_backlog(workdir: Path, n: int) -> float:
     return min(j.finished_at for j in jobs) - t0
 
 
-def run_jobsup(args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="jobsup-bench-", dir="/tmp") as tmp:
-        work = Path(tmp)
-        d = Daemon(work / "main")
-        d.dir.mkdir(parents=True)
-        d.start()
-        try:
-            with Client(d.endpoint, timeout=60) as c:
-                c.wait_many(c.submit_many("noop", [None] * 200), timeout=60)  # warm up
-                out = {"system": "jobsup", "version": "0.1.0"}
-                out["throughput_bulk_jobs_s"] = throughput_bulk(c, args.jobs)
-                out["throughput_jobs_s"] = throughput_single(c, args.jobs)
-                out["latency_p50_ms"], out["latency_p99_ms"] = latency(c, args.latency_jobs)
+def measure(work: Path, job_type: str, system: str, args: argparse.Namespace,
+            recovery: bool) -> dict:
+    """The throughput and latency workloads on one job type, in a fresh daemon, so that
+    no run pays for another's data (index sizes, AOF rewrites)."""
+    d = Daemon(work / job_type)
+    d.dir.mkdir(parents=True)
+    d.start()
+    try:
+        with Client(d.endpoint, timeout=60) as c:
+            c.wait_many(c.submit_many(job_type, [None] * 200), timeout=60)  # warm up
+            out = {"system": system, "version": "0.1.0"}
+            out["throughput_bulk_jobs_s"] = throughput_bulk(c, args.jobs, job_type)
+            out["throughput_jobs_s"] = throughput_single(c, args.jobs, job_type)
+            out["latency_p50_ms"], out["latency_p99_ms"] = latency(c, args.latency_jobs,
+                                                                   job_type)
+            if recovery:
                 out["kill_rerun_ms"], out["replacement_ready_ms"] = kill_rerun(c, args.kills)
                 out["delay_lag_p50_ms"], out["delay_lag_max_ms"] = delay_lag(c)
-        finally:
-            d.stop()
-        # The same workloads on a job type with every policy on, in a fresh daemon so
-        # that neither run pays for the other's data (index sizes, AOF rewrites).
-        g = Daemon(work / "guarded")
-        g.dir.mkdir(parents=True)
-        g.start()
-        try:
-            with Client(g.endpoint, timeout=60) as c:
-                c.wait_many(c.submit_many("guarded", [None] * 200), timeout=60)  # warm up
-                guarded = {"system": "jobsup (policies on)", "version": "0.1.0"}
-                guarded["throughput_bulk_jobs_s"] = throughput_bulk(c, args.jobs, "guarded")
-                guarded["throughput_jobs_s"] = throughput_single(c, args.jobs, "guarded")
-                guarded["latency_p50_ms"], guarded["latency_p99_ms"] = latency(
-                    c, args.latency_jobs, "guarded")
-        finally:
-            g.stop()
+    finally:
+        d.stop()
+    return out
+
+
+def run_jobsup(args: argparse.Namespace) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="jobsup-bench-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        out = measure(work, "noop", "jobsup", args, recovery=True)
+        guarded = measure(work, "guarded", "jobsup (policies on)", args, recovery=False)
         out["restart_first_result_s"] = restart_backlog(work, args.jobs)
     return [out, guarded]
 
