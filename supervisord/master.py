@@ -256,7 +256,11 @@ class Master(Writes, Control):
                 continue
             w.last_beat = time.monotonic()
             if identity[:1] == b"w":
-                self.on_worker_message(w, unpack(frame))
+                try:
+                    self.on_worker_message(w, unpack(frame))
+                except (ValueError, TypeError, IndexError, KeyError) as exc:
+                    log.warning("worker %d pid %d sent a malformed message (%s: %s); ignored",
+                                w.wid, w.pid, type(exc).__name__, exc)
 
     def on_worker_message(self, w: WorkerHandle, msg: list) -> None:
         kind = msg[0]

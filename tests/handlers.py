@@ -65,3 +65,17 @@ def chatty(payload: dict, ctx: JobContext) -> int:
         if n % 1000 == 0:
             ctx.emit(f"line {n}")
     return n
+
+
+def rude(payload: Any, ctx: JobContext) -> str:
+    """Sends malformed messages on its worker's own channel to the master, then returns."""
+    import gc
+
+    from worker.runtime import Runtime
+
+    runtime = next(o for o in gc.get_objects() if isinstance(o, Runtime))
+    with runtime.send_lock:
+        runtime.sock.send(b"\xc1 not msgpack")
+    runtime.send(("error", ctx.token))  # a known kind with its fields missing
+    runtime.send(("done",))
+    return "still here"
