@@ -58,6 +58,7 @@ class Api:
     def __init__(self, master: Master) -> None:
         self.m = master
         self.waiters: dict[str, list[Waiter]] = {}
+        self.timed: set[Waiter] = set()  # waits with a deadline
         self._recheck_at = 0
 
     # -- framing ------------------------------------------------------------
@@ -182,6 +183,8 @@ class Api:
             return
         for job_id in remaining:
             self.waiters.setdefault(job_id, []).append(waiter)
+        if deadline is not None:
+            self.timed.add(waiter)
 
     def finished(self, job_id: str, done: list[Waiter]) -> None:
         """A job reached a final state (committed): wake whoever waits for it."""
@@ -189,6 +192,7 @@ class Api:
             waiter.remaining.discard(job_id)
             if not waiter.remaining:
                 done.append(waiter)
+                self.timed.discard(waiter)
 
     def answer(self, waiters: list[Waiter], known: dict[str, dict] | None = None) -> None:
         """Reply to finished waiters; records the last write returned need no read."""
@@ -208,17 +212,16 @@ class Api:
             self.reply(w.identity, protocol.ok(w.rid, result))
 
     def expire_waiters(self, now: float) -> None:
-        expired = {id(w): w for ws in self.waiters.values() for w in ws
-                   if w.deadline is not None and w.deadline <= now}
-        if not expired:
-            return
-        for job_id in list(self.waiters):
-            left = [w for w in self.waiters[job_id] if id(w) not in expired]
-            if left:
-                self.waiters[job_id] = left
-            else:
-                del self.waiters[job_id]
-        for w in expired.values():
+        """Answer waits whose timeout passed; only waits with a deadline are looked at."""
+        expired = [w for w in self.timed if w.deadline <= now]
+        for w in expired:
+            self.timed.discard(w)
+            for job_id in w.remaining:
+                left = [x for x in self.waiters.get(job_id, ()) if x is not w]
+                if left:
+                    self.waiters[job_id] = left
+                else:
+                    self.waiters.pop(job_id, None)
             pending = sorted(w.remaining)
             self.fail(w.identity, w.rid, Timeout(
                 f"{len(pending)} job(s) not finished in time: {', '.join(pending[:5])}",
