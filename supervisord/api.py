@@ -42,6 +42,8 @@ class PendingSubmit:
     identity: bytes
     rid: Any
     many: bool
+    wait: bool = False
+    wait_timeout: float | None = None
 
 
 @dataclass(eq=False)
@@ -146,7 +148,9 @@ class Api:
         self._known(req.type)
         self._check_open()
         jobs = self._new_jobs(req, [req.payload], [req.key], time.time())
-        self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=False))
+        self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=False,
+                                                  wait=req.wait,
+                                                  wait_timeout=req.wait_timeout))
 
     def op_submit_many(self, identity: bytes, rid: Any, req: protocol.SubmitMany) -> None:
         self._known(req.type)
@@ -174,10 +178,15 @@ class Api:
         if missing:
             raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
                            ids=missing[:20])
-        remaining = {i for i, s in zip(req.ids, statuses, strict=True)
+        self.wait_for(identity, rid, req.ids, statuses, req.records, req.timeout)
+
+    def wait_for(self, identity: bytes, rid: Any, ids: list[str], statuses: list[str],
+                 records: bool, timeout: float | None) -> None:
+        """Answer now if every job is final, else when the last one is."""
+        remaining = {i for i, s in zip(ids, statuses, strict=True)
                      if JobStatus(s) not in TERMINAL}
-        deadline = time.monotonic() + req.timeout if req.timeout is not None else None
-        waiter = Waiter(identity, rid, list(req.ids), remaining, req.records, deadline)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        waiter = Waiter(identity, rid, list(ids), remaining, records, deadline)
         if not remaining:
             self.answer([waiter])
             return

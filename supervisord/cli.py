@@ -230,11 +230,11 @@ def submit(job_type: str, payload: str | None, priority: int | None, timeout: fl
                          else EXIT_JOB_FAILED)
             click.echo(json.dumps(ids) if as_json else "\n".join(ids))
             return
-        job_id = c.submit(job_type, _payload(payload), key=key, **opts)
         if not wait:
+            job_id = c.submit(job_type, _payload(payload), key=key, **opts)
             click.echo(json.dumps({"id": job_id}) if as_json else job_id)
             return
-        job = c.wait(job_id)
+        job = c.run(job_type, _payload(payload), key=key, **opts)
         _print_job(job, as_json)
         _exit_for(job)
 

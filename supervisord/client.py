@@ -173,6 +173,26 @@ class Client:
             opts["key"] = key
         return self.call("submit", type=type, payload=payload, **opts)["id"]
 
+    def run(self, type: str, payload: Any = None, *, timeout: float | None = None,
+            wait_timeout: float | None = None, priority: int | None = None,
+            max_attempts: int | None = None, delay: float | None = None,
+            tags: dict[str, str] | None = None, key: str | None = None) -> Job:
+        """Submit and wait in one round trip: returns the final record.
+
+        ``timeout`` is the job's hard timeout; ``wait_timeout`` how long to wait for it
+        (``Timeout`` is raised, and the job carries on).
+        """
+        opts = self._options(priority, timeout, max_attempts, delay, None, tags)
+        if key is not None:
+            opts["key"] = key
+        call_timeout = None
+        if wait_timeout is not None:
+            opts["wait_timeout"] = float(wait_timeout)
+            call_timeout = wait_timeout + self.timeout
+        records = self.call("submit", reply_timeout=call_timeout, type=type, payload=payload,
+                            wait=True, **opts)
+        return Job.model_validate(records[0])
+
     def submit_many(self, type: str, payloads: list[Any], *, priority: int | None = None,
                     timeout: float | None = None, max_attempts: int | None = None,
                     delay: float | None = None, run_at: float | None = None,

@@ -44,6 +44,8 @@ class Submit(_JobOptions):
     op: Literal["submit"]
     payload: Any = None
     key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    wait: bool = False  # reply with the final record instead of the id: one round trip
+    wait_timeout: Annotated[float, Field(ge=0)] | None = None
 
 
 class SubmitMany(_JobOptions):

@@ -141,6 +141,13 @@ class Writes:
                     if job.status == "scheduled":
                         self.next_due = min(self.next_due or job.run_at, job.run_at)
             ids = [job_id for job_id, _ in rows]
+            if pending.wait:
+                # Submit-and-wait: the job is stored; the reply is its final record.
+                job_id, new = rows[0]
+                status = pending.jobs[0].status if new else self.store.status_of([job_id])[0]
+                self.api.wait_for(pending.identity, pending.rid, [job_id], [status], True,
+                                  pending.wait_timeout)
+                continue
             self.api.reply(pending.identity, protocol.ok(
                 pending.rid, ids if pending.many else {"id": ids[0], "new": rows[0][1]}))
 
