@@ -96,12 +96,6 @@ class JobFailed(JobsupError):
     code = "job_failed"
 
 
-class StaleAttempt(JobsupError):
-    """Raised inside the store when an attempt's fencing token no longer matches."""
-
-    code = "stale_attempt"
-
-
 _BY_CODE: dict[str, type[JobsupError]] = {}
 
 
