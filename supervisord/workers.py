@@ -90,15 +90,14 @@ class Pool:
     def name(self) -> str:
         return self.cfg.name
 
+    def recent_deaths(self, now: float) -> int:
+        """Worker deaths within ``restart_window`` of ``now``."""
+        return sum(1 for t in self.deaths if t >= now - self.cfg.restart_window)
+
     @property
     def degraded(self) -> bool:
         """True while worker deaths within ``restart_window`` exceed ``max_restarts``."""
-        now = time.monotonic()
-        while self.deaths and self.deaths[0] < now - self.cfg.restart_window:
-            self.deaths.popleft()
-        if len(self.deaths) <= self.cfg.max_restarts:
-            self.backoff_level = 0
-        return self.backoff_level > 0
+        return self.recent_deaths(time.monotonic()) > self.cfg.max_restarts
 
     def idle(self) -> list[WorkerHandle]:
         return [w for w in self.workers.values()
@@ -149,7 +148,9 @@ class Pool:
         self.deaths.append(now)
         while self.deaths and self.deaths[0] < now - window:
             self.deaths.popleft()
-        if len(self.deaths) > self.cfg.max_restarts:
+        if len(self.deaths) <= self.cfg.max_restarts:
+            self.backoff_level = 0  # calm again: the next crash loop starts small
+        else:
             delay = min(30.0, 0.5 * 2 ** self.backoff_level)
             self.backoff_level += 1
             self.backoff_until = now + delay
