@@ -104,7 +104,7 @@ def throughput_bulk(c: Client, n: int, job_type: str = "noop") -> float:
     ids = []
     for start in range(0, n, 5000):
         ids += c.submit_many(job_type, [None] * min(5000, n - start), tags={"bench": "1"})
-    jobs = c.wait_many(ids, timeout=600)
+    jobs = c.outcomes(ids, timeout=600)  # results, as the others collect them
     elapsed = time.perf_counter() - t0
     assert all(j.status == "succeeded" for j in jobs)
     return n / elapsed
@@ -113,7 +113,7 @@ def throughput_bulk(c: Client, n: int, job_type: str = "noop") -> float:
 def throughput_single(c: Client, n: int, job_type: str = "noop") -> float:
     t0 = time.perf_counter()
     ids = [c.submit(job_type) for _ in range(n)]
-    jobs = c.wait_many(ids, timeout=600)
+    jobs = c.outcomes(ids, timeout=600)
     elapsed = time.perf_counter() - t0
     assert all(j.status == "succeeded" for j in jobs)
     return n / elapsed
@@ -180,7 +180,7 @@ def restart_backlog(workdir: Path, n: int) -> float:
     d.stop()
     t0 = d.start(wait_workers=False)
     with Client(d.endpoint) as c:
-        jobs = c.wait_many(ids, timeout=600)
+        jobs = c.outcomes(ids, timeout=600)
     d.stop()
     return min(j.finished_at for j in jobs) - t0
 

@@ -52,7 +52,7 @@ class Waiter:
     rid: Any
     ids: list[str]
     remaining: set[str]
-    records: bool
+    view: str  # protocol.Wait.view
     deadline: float | None
 
 
@@ -178,15 +178,15 @@ class Api:
         if missing:
             raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
                            ids=missing[:20])
-        self.wait_for(identity, rid, req.ids, statuses, req.records, req.timeout)
+        self.wait_for(identity, rid, req.ids, statuses, req.view, req.timeout)
 
     def wait_for(self, identity: bytes, rid: Any, ids: list[str], statuses: list[str],
-                 records: bool, timeout: float | None) -> None:
+                 view: str, timeout: float | None) -> None:
         """Answer now if every job is final, else when the last one is."""
         remaining = {i for i, s in zip(ids, statuses, strict=True)
                      if JobStatus(s) not in TERMINAL}
         deadline = time.monotonic() + timeout if timeout is not None else None
-        waiter = Waiter(identity, rid, list(ids), remaining, records, deadline)
+        waiter = Waiter(identity, rid, list(ids), remaining, view, deadline)
         if not remaining:
             self.answer([waiter])
             return
@@ -204,20 +204,21 @@ class Api:
                 self.timed.discard(waiter)
 
     def answer(self, waiters: list[Waiter], known: dict[str, dict] | None = None) -> None:
-        """Reply to finished waiters; records the last write returned need no read."""
-        records = dict(known or {})
-        need = sorted({i for w in waiters if w.records for i in w.ids} - set(records))
-        if need:
-            records.update(zip(need, self.m.store.get_many(need), strict=True))
-        statuses = {}
-        plain = sorted({i for w in waiters if not w.records for i in w.ids})
-        if plain:
-            statuses = dict(zip(plain, self.m.store.status_of(plain), strict=True))
+        """Reply to finished waiters, one read per view; records the last write returned
+        need no read."""
+        store = self.m.store
+        found: dict[str, dict[str, Any]] = {"records": dict(known or {}), "outcomes": {},
+                                             "statuses": {}}
+        read = {"records": store.get_many, "outcomes": store.outcomes,
+                "statuses": store.status_of}
+        for view, have in found.items():
+            need = sorted({i for w in waiters if w.view == view for i in w.ids} - set(have))
+            if need:
+                have.update(zip(need, read[view](need), strict=True))
         for w in waiters:
-            if w.records:
-                result: Any = [records[i] for i in w.ids]
-            else:
-                result = {i: statuses[i] for i in w.ids}
+            have = found[w.view]
+            result: Any = ({i: have[i] for i in w.ids} if w.view == "statuses"
+                           else [have[i] for i in w.ids])
             self.reply(w.identity, protocol.ok(w.rid, result))
 
     def expire_waiters(self, now: float) -> None:

@@ -15,6 +15,32 @@ import redis
 from redis.connection import Connection
 
 
+def pack_commands(commands: list[tuple]) -> bytes:
+    """hiredis packs str, bytes, int and float itself: no per-argument Python encoding."""
+    return b"".join(hiredis.pack_command(command) for command in commands)
+
+
+def read_pipelined(client: redis.Redis, commands: list[tuple], chunk: int = 4000) -> list[Any]:
+    """Send many read commands and return their replies, ``chunk`` per round trip.
+
+    Far cheaper than redis-py's pipeline (which encodes every argument in Python) or a
+    Lua script (which copies every reply into Lua and back) for bulk reads.
+    """
+    replies: list[Any] = []
+    conn = client.connection_pool.get_connection()
+    try:
+        for at in range(0, len(commands), chunk):
+            part = commands[at:at + chunk]
+            conn.send_packed_command([pack_commands(part)], check_health=False)
+            replies.extend(conn.read_response() for _ in part)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        client.connection_pool.release(conn)
+    return replies
+
+
 class RedisPipe:
     def __init__(self, client: redis.Redis) -> None:
         self.pool = client.connection_pool
@@ -35,9 +61,7 @@ class RedisPipe:
         if self.conn is None:
             self.conn = self.pool.get_connection()
         try:
-            # hiredis packs str, bytes, int and float itself: no per-argument Python encoding.
-            packed = b"".join(hiredis.pack_command(command) for command in commands)
-            self.conn.send_packed_command([packed], check_health=False)
+            self.conn.send_packed_command([pack_commands(commands)], check_health=False)
         except redis.RedisError:
             self.reset()
             raise

@@ -18,6 +18,7 @@ import msgpack
 import redis
 
 from supervisord.keys import Keys
+from supervisord.redispipe import read_pipelined
 from supervisord.states import TERMINAL, JobStatus
 
 _RECORD_BLOBS = ("payload", "result", "error", "tags")
@@ -166,7 +167,7 @@ class Store:
         self.prefix = prefix
         self.node = node
         self.sources = {name: _script(name) for name in (
-            "submit", "apply", "recover", "cancel", "janitor", "dlq", "read")}
+            "submit", "apply", "recover", "cancel", "janitor", "dlq")}
         self.sha: dict[str, str] = {}
         self.load_scripts()
 
@@ -299,20 +300,22 @@ class Store:
     def get(self, job_id: str) -> dict | None:
         return self.get_many([job_id])[0]
 
-    def _read(self, mode: str, ids: list[str], chunk: int = 2000) -> list:
-        """One script call per chunk: far cheaper than a command per job from Python."""
-        out: list = []
-        for at in range(0, len(ids), chunk):
-            out += self.call("read", [self.prefix, mode, *ids[at:at + chunk]])
-        return out
-
     def get_many(self, ids: list[str]) -> list[dict | None]:
-        rows = self._read("records", ids)
-        return [decode_record(dict(zip(rows[j][::2], rows[j][1::2], strict=True)), rows[j + 1])
-                for j in range(0, len(rows), 2)]
+        commands: list[tuple] = []
+        for job_id in ids:
+            commands.append(("HGETALL", self.keys.job(job_id)))
+            commands.append(("LRANGE", self.keys.history(job_id), 0, -1))
+        rows = read_pipelined(self.r, commands)
+        return [decode_record(_as_dict(rows[j]), rows[j + 1]) for j in range(0, len(rows), 2)]
 
     def status_of(self, ids: list[str]) -> list[str | None]:
-        return [s.decode() if s else None for s in self._read("status", ids)]
+        rows = read_pipelined(self.r, [("HGET", self.keys.job(i), "status") for i in ids])
+        return [s.decode() if s else None for s in rows]
+
+    def outcomes(self, ids: list[str]) -> list[dict | None]:
+        """What finished jobs came to, without the rest of their records: for bulk waits."""
+        rows = read_pipelined(self.r, [("HMGET", self.keys.job(i), *_OUTCOME) for i in ids])
+        return [decode_outcome(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
 
     def list_ids(self, status: str | None = None, job_type: str | None = None,
                  tag: tuple[str, str] | None = None, limit: int = 50,
@@ -397,21 +400,41 @@ class Store:
         return int(self.r.zcard(self.keys.dead_letters))
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode()
+
+
+def _blob(raw: bytes) -> Any:
+    return unpack(raw) if raw else None
+
+
+def _number(conv: type) -> Any:
+    return lambda raw: conv(raw) if raw else None
+
+
+# How each stored field becomes a record field; the rest are text.
+_DECODE: dict[bytes, Any] = {
+    **{name.encode(): _blob for name in _RECORD_BLOBS},
+    **{name.encode(): _number(conv) for name, conv in _NUMBERS.items()},
+}
+_HIDDEN = frozenset({b"lease", b"tagidx"})
+_OUTCOME = ("status", "result", "error", "attempt", "finished_at", "type")
+
+
+def _as_dict(reply: Any) -> dict[bytes, bytes]:
+    """HGETALL's reply: a dict over RESP3, a flat list over RESP2."""
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+
+
 def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | None:
     """A job hash as the record of DESIGN.md section 3."""
     if not fields:
         return None
     rec: dict[str, Any] = {}
     for raw_key, raw in fields.items():
-        key = raw_key.decode()
-        if key in ("lease", "tagidx"):
+        if raw_key in _HIDDEN:
             continue
-        if key in _RECORD_BLOBS:
-            rec[key] = unpack(raw) if raw else None
-        elif key in _NUMBERS:
-            rec[key] = _NUMBERS[key](raw) if raw not in (b"", None) else None
-        else:
-            rec[key] = raw.decode()
+        rec[raw_key.decode()] = _DECODE.get(raw_key, _text)(raw)
     worker = rec.pop("worker", None)
     if worker:
         node, _, pid = worker.rpartition(":")
@@ -421,8 +444,20 @@ def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | No
     rec["key"] = rec.get("key") or None
     rec["cancel_requested"] = rec.get("cancel_requested") == "1"
     rec["progress_message"] = rec.get("progress_message") or None
-    rec["history"] = [unpack(h) for h in history]
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(b"".join(history))
+    rec["history"] = list(unpacker)
     for name in ("started_at", "finished_at", "result", "error"):
         rec.setdefault(name, None)
     rec["terminal"] = JobStatus(rec["status"]) in TERMINAL
     return rec
+
+
+def decode_outcome(job_id: str, row: list[bytes | None]) -> dict | None:
+    status, result, error, attempt, finished_at, job_type = row
+    if status is None:
+        return None
+    return {"id": job_id, "type": job_type.decode() if job_type else "",
+            "status": status.decode(), "result": _blob(result), "error": _blob(error),
+            "attempt": int(attempt) if attempt else 1,
+            "finished_at": float(finished_at) if finished_at else None}

@@ -145,7 +145,7 @@ class Writes:
                 # Submit-and-wait: the job is stored; the reply is its final record.
                 job_id, new = rows[0]
                 status = pending.jobs[0].status if new else self.store.status_of([job_id])[0]
-                self.api.wait_for(pending.identity, pending.rid, [job_id], [status], True,
+                self.api.wait_for(pending.identity, pending.rid, [job_id], [status], "records",
                                   pending.wait_timeout)
                 continue
             self.api.reply(pending.identity, protocol.ok(

@@ -83,6 +83,21 @@ def test_submit_many_returns_ids_in_order(c):
     assert {j.tags["batch"] for j in jobs} == {"order"}
 
 
+def test_outcomes_return_results_and_errors_in_order(c):
+    ids = c.submit_many("echo", [{"i": i} for i in range(20)])
+    fail = c.submit("fail", {"how": "permanent"})
+    outcomes = c.outcomes([*ids, fail], timeout=30)
+    assert [o.id for o in outcomes] == [*ids, fail]
+    assert [o.result for o in outcomes[:20]] == [{"i": i} for i in range(20)]
+    assert all(o.ok and o.type == "echo" and o.finished_at for o in outcomes[:20])
+    failed = outcomes[-1]
+    assert (failed.status, failed.ok, failed.error["kind"]) == ("failed", False, "permanent")
+    # The same answers as the whole records give.
+    records = c.wait_many([*ids, fail], timeout=5)
+    assert [(r.status, r.result, r.attempt, r.finished_at) for r in records] == [
+        (o.status, o.result, o.attempt, o.finished_at) for o in outcomes]
+
+
 def test_get_unknown_id(c):
     with pytest.raises(errors.NotFound):
         c.get("nosuchjob0000000")
