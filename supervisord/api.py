@@ -148,6 +148,7 @@ class Api:
         self._known(req.type)
         self._check_open()
         jobs = self._new_jobs(req, [req.payload], [req.key], time.time())
+        self.m.jobs.hand_over(jobs, awaited=req.wait)
         self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=False,
                                                   wait=req.wait,
                                                   wait_timeout=req.wait_timeout))
@@ -159,6 +160,7 @@ class Api:
             raise protocol.ValidationError("keys must have one entry per payload")
         keys = req.keys or [None] * len(req.payloads)
         jobs = self._new_jobs(req, req.payloads, keys, time.time())
+        self.m.jobs.hand_over(jobs, awaited=False)
         self.m.batch.submits.append(PendingSubmit(jobs, identity, rid, many=True))
 
     # -- queries ------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from supervisord import outcome
 from supervisord.config import JobTypeConfig
-from supervisord.states import FailureKind, KillReason, WorkerState
-from supervisord.store import Op, Reserved, Route, history_entry, pack
+from supervisord.states import FailureKind, KillReason, Phase, WorkerState
+from supervisord.store import NewJob, Op, Reserved, Route, history_entry, pack
 from supervisord.workers import Running, WorkerHandle
 
 if TYPE_CHECKING:
@@ -58,12 +58,40 @@ class Lifecycle:
                       cfg.jobs[jt.fallback].timeout or 0, cfg.jobs[jt.fallback].max_attempts)
                 for name, jt in cfg.jobs.items() if jt.circuit_breaker and jt.fallback]
 
-    def awaited(self, job_id: str) -> str:
+    def awaited(self, job: Reserved) -> str:
         """'r' asks the finish op to return the record: someone is waiting for it."""
-        waiting = self.m.api.waiters.get(job_id, ())
+        if job.awaited:
+            return "r"
+        waiting = self.m.api.waiters.get(job.id, ())
         return "r" if any(len(w.remaining) == 1 for w in waiting) else ""
 
     # -- transitions ----------------------------------------------------------------------
+    def hand_over(self, jobs: list[NewJob], awaited: bool) -> None:
+        """New jobs go straight to idle workers when nothing is queued ahead of them.
+
+        The job runs while Redis stores it, instead of after a second round trip to
+        reserve it: the submit's acknowledgement still waits for the write, and the
+        job is stored as held by this node, so a crash requeues it like any other.
+        Jobs with an idempotency key (Redis decides whether they are new) or a
+        circuit breaker (Redis holds the circuit) take the queue.
+        """
+        m = self.m
+        first = jobs[0]
+        pool = m.workers.pools.get(first.pool)
+        if (pool is None or pool.buffer or pool.hot or m.phase is not Phase.RUNNING
+                or first.status != "queued" or first.type in m.breakers):
+            return
+        idle = pool.idle()
+        for job, w in zip(jobs, idle, strict=False):
+            if job.key:
+                return  # the rest stay in order behind it
+            job.lease = f"{m.node}|d{job.id}"
+            self.start(w, Reserved(
+                pool=job.pool, id=job.id, token=job.lease, type=job.type, payload=job.payload,
+                attempt=1, max_attempts=job.max_attempts, timeout=job.timeout, crashes=0,
+                priority=job.priority, created_at=job.created_at, run_at=job.run_at,
+                rate_limited=0, awaited=awaited))
+
     def start(self, w: WorkerHandle, job: Reserved) -> None:
         """Hand a job to a worker: it starts now if the worker is idle, else right after
         the worker's current job (a pipelined job, for pools of short jobs)."""
@@ -137,7 +165,7 @@ class Lifecycle:
                 m.api.finished(job.id, m.done_waiters)
 
         policy = self.policy(job.type)
-        circuit, awaited = self.circuit(job.type, None), self.awaited(job.id)
+        circuit, awaited = self.circuit(job.type, None), self.awaited(job)
         if run.start_op is not None:
             # Its start was never written: write start and success as one transition.
             (start, start_effect), run.start_op = run.start_op, None
@@ -191,12 +219,12 @@ class Lifecycle:
                                      now=now)
             m.batch.add(Op("fallback", job.id, job.token, (
                 error, final, policy.failure_ttl, policy.fallback, m.cfg.pool_of(policy.fallback),
-                fb.max_attempts, fb.timeout or 0, hist_new, circuit, self.awaited(job.id))),
+                fb.max_attempts, fb.timeout or 0, hist_new, circuit, self.awaited(job))),
                 failed)
             return
         if not d.retry:
             m.batch.add(Op("finish", job.id, job.token, (
-                "failed", error, final, policy.failure_ttl, circuit, self.awaited(job.id))),
+                "failed", error, final, policy.failure_ttl, circuit, self.awaited(job))),
                 failed)
             return
         run_at = now + d.delay if d.delay > 0 else 0.0
@@ -241,7 +269,7 @@ class Lifecycle:
 
         m.batch.add(Op("finish", job.id, job.token, (
             "cancelled", error, hist, self.policy(job.type).failure_ttl, "",
-            self.awaited(job.id))), effect)
+            self.awaited(job))), effect)
 
     def requeue(self, run: Running | Reserved, reason: str) -> None:
         """Give a job back to its queue without burning an attempt."""

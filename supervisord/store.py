@@ -74,13 +74,15 @@ class NewJob:
     history: bytes
     tags_blob: bytes | None = None  # computed once per request by bulk submits
     tagidx: str | None = None
+    lease: str = ""  # set when the job goes straight to a worker of this node
+
 
     def argv(self) -> list:
         tagidx = self.tagidx if self.tagidx is not None else tag_index(self.tags)
         return [self.id, self.type, self.pool, self.payload, self.priority, self.status,
                 self.run_at, self.max_attempts, self.timeout, self.created_at,
                 self.tags_blob if self.tags_blob is not None else pack(self.tags), self.key,
-                self.key_ttl, self.history, tagidx]
+                self.key_ttl, self.history, tagidx, self.lease]
 
 
 def tag_index(tags: dict[str, str]) -> str:
@@ -105,6 +107,7 @@ class Reserved:
     created_at: float
     run_at: float
     rate_limited: int
+    awaited: bool = False  # its submitter waits for the result in the same request
 
     @classmethod
     def from_row(cls, row: list[bytes]) -> Reserved:

@@ -33,10 +33,10 @@ class Writes:
             return
         now = time.time()
         for pending in self.batch.submits:
-            first = pending.jobs[0]
-            if first.status == "queued":
-                self.may_have_work(first.type)
-                self.make_way(first.pool, first.priority)
+            last = pending.jobs[-1]
+            if last.status == "queued" and not last.lease:  # not all went straight to workers
+                self.may_have_work(last.type)
+                self.make_way(last.pool, last.priority)
         promote = 500 if self.next_due and now >= self.next_due else 0
         wants = ({p.name: (n, sorted(p.hot)) for p in self.workers.pools.values()
                   if (n := p.want())} if self.phase is Phase.RUNNING and self.redis_up else {})
@@ -81,9 +81,15 @@ class Writes:
     def write_failed(self, taken: Batch, exc: Exception) -> None:
         self.redis_failed(exc)
         for pending in taken.submits:
+            started = [job.id for job in pending.jobs if job.lease]
+            for job in pending.jobs:
+                if job.lease:  # it went straight to a worker: stop it, it was never stored
+                    self.jobs.request_cancel(job.id, job.lease)
             self.api.fail(pending.identity, pending.rid, Unavailable(
-                f"Redis write failed ({exc}); the job was NOT accepted. Resubmit; an "
-                "idempotency key makes resubmitting safe"))
+                f"Redis write failed ({exc}); the job was NOT accepted" + (
+                    f" ({len(started)} had already started on a worker and were told to "
+                    "stop)" if started else "") + ". Resubmit; an idempotency key makes "
+                "resubmitting safe"))
         self.batch.put_back(taken)
         self._resync = True  # replies were lost: jobs may be held that we never heard of
 

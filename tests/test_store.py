@@ -151,6 +151,28 @@ def test_submit_reserve_start_finish(store, ids):
     assert store.dead_letter_count() == 0
 
 
+def test_submit_with_a_lease_is_held_by_its_node_not_queued(store, ids):
+    """A job handed straight to a worker: stored as reserved, fenced and recoverable."""
+    job = new_job(ids)
+    job.lease = f"{NODE}|d{job.id}"
+    [jid] = submit(store, job)
+    assert store.r.zcard(store.keys.queue("echo")) == 0
+    assert reserve(store, 5) == []  # nobody else can take it
+    assert store.r.hget(store.keys.owned(NODE), jid).decode() == job.lease
+    assert store.get(jid)["status"] == "queued"
+
+    class Held:  # what the master keeps of it: id, token, attempt
+        id, token, attempt = jid, job.lease, 1
+
+    assert store.apply([Op("start", jid, "other|1", ("x:1", b"", 1.0))]).flags == ["0"]
+    assert store.apply([start_op(Held)]).flags == ["1"]
+    assert store.recover(NODE, "interrupted") == 1  # a master crash requeues it
+    assert zmembers(store, store.keys.queue("echo")) == [jid]
+    rec = store.get(jid)
+    assert (rec["status"], rec["attempt"]) == ("queued", 1)
+    assert store.apply([finish_op(Held)]).flags == ["0"]  # the old lease is void
+
+
 def test_failed_finish_lands_in_dead_letters(store, ids):
     [jid] = submit(store, new_job(ids))
     [res] = reserve(store)

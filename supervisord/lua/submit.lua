@@ -1,7 +1,9 @@
 -- Write a batch of new jobs atomically.
--- ARGV: prefix, now, n, then per job 15 fields:
+-- ARGV: prefix, now, n, then per job 16 fields:
 --   id type pool payload priority status run_at max_attempts timeout
---   created_at tags key key_ttl history_entry extra(tags index list, ',' joined "k=v")
+--   created_at tags key key_ttl history_entry tagidx (newline-joined "k=v") lease
+-- A job with a lease went straight to a worker of the node named in it: it is
+-- stored as reserved by that node (status queued, lease set) instead of queued.
 -- Returns per job: id, and '1' when it is new or '0' when an idempotency key
 -- matched an existing job (then the id is the existing job's).
 local now = tonumber(ARGV[2])
@@ -14,7 +16,8 @@ for _ = 1, n do
   local max_attempts, timeout, created = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local tags, key, key_ttl, hist, tagidx = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12],
     ARGV[i + 13], ARGV[i + 14]
-  i = i + 15
+  local lease = ARGV[i + 15]
+  i = i + 16
   local existing = nil
   if key ~= '' then
     existing = redis.call('GET', P .. ':key:' .. key)
@@ -33,7 +36,10 @@ for _ = 1, n do
       'timeout', timeout, 'created_at', created, 'tags', tags, 'key', key,
       'crashes', 0, 'rate_limited', 0, 'progress', 0, 'tagidx', tagidx)
     push_history(id, hist)
-    if status == 'scheduled' then
+    if lease ~= '' then
+      redis.call('HSET', k_job(id), 'lease', lease)
+      redis.call('HSET', k_owned(owner_of(lease)), id, lease)
+    elseif status == 'scheduled' then
       redis.call('ZADD', K_SCHEDULED, run_at, id)
     else
       enqueue(id, jtype, priority)
