@@ -97,9 +97,9 @@ class Lifecycle:
         the worker's current job (a pipelined job, for pools of short jobs)."""
         timeout = job.timeout or None
         run = Running(job=job, worker=w, started=0.0, deadline=None)
-        self.m.worker_sock.send_multipart((w.identity, pack((
+        self.m.send_worker(w.chan, (
             "run", job.token, job.id, job.type, job.payload, job.attempt,
-            time.time() + timeout if timeout else None))))
+            time.time() + timeout if timeout else None))
         if w.job is None:
             self.begin(w, run)
         else:
@@ -328,7 +328,7 @@ class Lifecycle:
         run = m.running.get(job_id)
         if run is None or run.job.token != token or run.cancel_at is not None:
             return run is not None
-        m.worker_sock.send_multipart((run.worker.hb_identity, pack(("cancel", token))))
+        m.send_worker(run.worker.control, ("cancel", token))
         run.cancel_at = time.monotonic() + self.policy(run.job.type).cancel_grace
         return True
 

@@ -35,12 +35,13 @@ from supervisord.redispipe import RedisPipe
 from supervisord.schemas import resolve_schemas
 from supervisord.security import secure_api
 from supervisord.signals import SignalReceiver
-from supervisord.sockets import bind, short_ipc_path
+from supervisord.sockets import bind
 from supervisord.states import FailureKind, KillReason, Phase, WorkerState
-from supervisord.store import Store, pack, unpack
+from supervisord.store import Store, unpack
 from supervisord.watchdog import Watchdog
 from supervisord.workers import Running, WorkerHandle, Workers
 from supervisord.writes import Writes
+from worker.channel import Channel, ChannelBroken, ChannelCorrupt
 
 log = logging.getLogger("jobsup.master")
 
@@ -84,7 +85,7 @@ class Master(Writes, Control):
         self._resync = False
         self.schemas: dict[str, Any] = {}
         self.embedded: EmbeddedRedis | None = None
-        self.workers = Workers(cfg, "", self.node)
+        self.workers = Workers(cfg, self.node)
         self.routes = self.jobs.routes()
         self.breakers = {n for n, jt in cfg.jobs.items() if jt.circuit_breaker}
 
@@ -169,15 +170,11 @@ class Master(Writes, Control):
         bind(self.api_sock, self.cfg.api.endpoint)
         bind(self.events_sock, self.cfg.api.events)
         self.events = Publisher(self.events_sock)
-        self.worker_sock = self.zmq.socket(zmq.ROUTER)
-        self.worker_sock.setsockopt(zmq.LINGER, 0)
-        endpoint = f"ipc://{short_ipc_path(state, 'workers.sock')}"
-        bind(self.worker_sock, endpoint)
-        self.workers = Workers(self.cfg, endpoint, self.node)
+        self.workers = Workers(self.cfg, self.node)
         self.watchdog = Watchdog(self.cfg, self.workers, self.metrics)
         self.metrics.serve(self.cfg.metrics.listen)
         self.poller = zmq.Poller()
-        for sock in (self.api_sock, self.worker_sock, self.events_sock):
+        for sock in (self.api_sock, self.events_sock):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.signals.rfd, zmq.POLLIN)
         self.reconcile()
@@ -242,25 +239,47 @@ class Master(Writes, Control):
             self.events.read_subscriptions()
 
     def read_workers(self, ready: dict) -> None:
-        if self.worker_sock not in ready:
-            return
-        for _ in range(2000):
-            try:
-                identity, frame = self.worker_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
+        channels = self.workers.by_channel
+        for fd, events in ready.items():
+            if not isinstance(fd, int) or fd not in channels:
                 continue
-            w = self.workers.by_identity.get(b"w" + identity[1:])
-            if w is None:
+            w, chan = channels[fd]
+            if events & zmq.POLLOUT:
+                self.send_pending(chan)
+            if not events & zmq.POLLIN:
+                continue
+            try:
+                frames = chan.read()
+            except ChannelBroken as exc:
+                # The worker is going; its pidfd tells why.  A corrupt stream cannot be
+                # read on, so that worker must go.
+                self.poller.unregister(fd)
+                if w.kill_reason is None and isinstance(exc, ChannelCorrupt):
+                    log.error("worker %d pid %d broke its channel (%s); killing it",
+                              w.wid, w.pid, exc)
+                    self.workers.kill(w)
                 continue
             w.last_beat = time.monotonic()
-            if identity[:1] == b"w":
+            if chan is w.control:
+                continue  # heartbeats
+            for frame in frames:
                 try:
                     self.on_worker_message(w, unpack(frame))
                 except (ValueError, TypeError, IndexError, KeyError) as exc:
                     log.warning("worker %d pid %d sent a malformed message (%s: %s); ignored",
                                 w.wid, w.pid, type(exc).__name__, exc)
+
+    def send_worker(self, chan: Channel, msg: tuple) -> None:
+        """Post a message to a worker; what its socket cannot take now waits for POLLOUT."""
+        was_pending = chan.pending
+        chan.post(msg)
+        if chan.pending and not was_pending:
+            self.poller.modify(chan.fileno(), zmq.POLLIN | zmq.POLLOUT)
+
+    def send_pending(self, chan: Channel) -> None:
+        chan.flush()
+        if not chan.pending:
+            self.poller.modify(chan.fileno(), zmq.POLLIN)
 
     def on_worker_message(self, w: WorkerHandle, msg: list) -> None:
         kind = msg[0]
@@ -326,7 +345,7 @@ class Master(Writes, Control):
         w.kill_reason = reason
         w.state = WorkerState.STOPPING
         w.kill_at = time.monotonic() + self.cfg.daemon.kill_grace
-        self.worker_sock.send_multipart((w.identity, pack(("stop",))))
+        self.send_worker(w.chan, ("stop",))
 
     def reap(self, ready: dict) -> None:
         for fd in [fd for fd in ready if isinstance(fd, int) and fd in self.workers.by_pidfd]:
@@ -343,6 +362,11 @@ class Master(Writes, Control):
 
     def on_exit(self, w: WorkerHandle, status: int) -> None:
         self.pools_changed = True  # replace it now, not at the next reconcile tick
+        for fd in [fd for fd, (x, _) in self.workers.by_channel.items() if x is w]:
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass  # already unregistered at the channel's EOF
         self.workers.forget(w)
         self.watchdog.forget(w.pid)
         _, text = describe_exit(status)
@@ -459,7 +483,8 @@ class Master(Writes, Control):
         accepting = self.phase is Phase.RUNNING
         for pool in self.workers.pools.values():
             for w in self.workers.reconcile(pool, accepting):
-                self.poller.register(w.child.pidfd, zmq.POLLIN)
+                for fd in (w.child.pidfd, w.chan.fileno(), w.control.fileno()):
+                    self.poller.register(fd, zmq.POLLIN)
 
     def check_startable(self) -> None:
         """If no pool can start a single worker, say so and stop instead of spinning."""

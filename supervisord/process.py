@@ -43,14 +43,14 @@ class Child:
 
 
 def spawn(spec: dict, env: dict[str, str], user: str | None = None,
-          group: str | None = None) -> Child:
+          group: str | None = None, pass_fds: tuple[int, ...] = ()) -> Child:
     child_env = dict(os.environ)
     child_env.update(env)
     child_env["JOBSUP_WORKER_SPEC"] = json.dumps(spec)
     popen = subprocess.Popen(
         [sys.executable, "-m", "worker"],
-        env=child_env, stdin=subprocess.DEVNULL, close_fds=True, process_group=0,
-        user=user, group=group,
+        env=child_env, stdin=subprocess.DEVNULL, close_fds=True, pass_fds=pass_fds,
+        process_group=0, user=user, group=group,
     )
     return Child(pid=popen.pid, popen=popen, pidfd=os.pidfd_open(popen.pid))
 

@@ -21,6 +21,8 @@ from supervisord import process
 from supervisord.config import Config, PoolConfig
 from supervisord.states import KillReason, WorkerState
 from supervisord.store import Reserved
+from worker import channel
+from worker.channel import Channel
 
 log = logging.getLogger("jobsup.pool")
 
@@ -48,6 +50,8 @@ class WorkerHandle:
     child: process.Child
     gpu: list[int] | None
     generation: int
+    chan: Channel  # jobs and results
+    control: Channel  # heartbeats and cancels
     spawned: float = field(default_factory=time.monotonic)
     state: WorkerState = WorkerState.STARTING
     job: Running | None = None
@@ -62,13 +66,8 @@ class WorkerHandle:
     def pid(self) -> int:
         return self.child.pid
 
-    @property
-    def identity(self) -> bytes:
-        return b"w%d" % self.wid
-
-    @property
-    def hb_identity(self) -> bytes:
-        return b"h%d" % self.wid
+    def channels(self) -> tuple[Channel, Channel]:
+        return self.chan, self.control
 
 
 @dataclass(eq=False)
@@ -161,22 +160,24 @@ class Pool:
 class Workers:
     """Starts, stops and tracks the worker processes of every pool."""
 
-    def __init__(self, cfg: Config, endpoint: str, node: str) -> None:
+    def __init__(self, cfg: Config, node: str) -> None:
         self.cfg = cfg
-        self.endpoint = endpoint
         self.node = node
         self.pools: dict[str, Pool] = {p.name: Pool(cfg=p, target=p.workers) for p in cfg.pools}
-        self.by_identity: dict[bytes, WorkerHandle] = {}
+        self.by_wid: dict[int, WorkerHandle] = {}
         self.by_pidfd: dict[int, WorkerHandle] = {}
+        self.by_channel: dict[int, tuple[WorkerHandle, Channel]] = {}  # fd -> worker, channel
         self._next_wid = 1
 
     def all(self) -> list[WorkerHandle]:
-        return list(self.by_identity.values())
+        return list(self.by_wid.values())
 
-    def spec(self, pool: Pool, wid: int, gpu: list[int] | None) -> dict:
+    def spec(self, pool: Pool, wid: int, gpu: list[int] | None,
+             channels: tuple[int, int] = (-1, -1)) -> dict:
+        """What a worker is told at start; ``channels`` are the fds it inherits."""
         jobs = {n: j for n, j in self.cfg.jobs.items() if self.cfg.pool_of(n) == pool.name}
         return {
-            "wid": wid, "pool": pool.name, "endpoint": self.endpoint, "node": self.node,
+            "wid": wid, "pool": pool.name, "channels": channels, "node": self.node,
             "master_pid": os.getpid(), "cwd": os.getcwd(),
             "handlers": {n: j.handler for n, j in jobs.items()},
             "schemas": {n: j.schema_ for n, j in jobs.items() if j.schema_},
@@ -197,12 +198,25 @@ class Workers:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu))
         wid = self._next_wid
         self._next_wid += 1
-        child = process.spawn(self.spec(pool, wid, gpu), env, pool.cfg.user, pool.cfg.group)
+        (chan, chan_end), (control, control_end) = channel.pair(), channel.pair()
+        fds = (chan_end.fileno(), control_end.fileno())
+        try:
+            child = process.spawn(self.spec(pool, wid, gpu, fds), env, pool.cfg.user,
+                                  pool.cfg.group, pass_fds=fds)
+        except BaseException:
+            chan.close()
+            control.close()
+            raise
+        finally:
+            chan_end.close()
+            control_end.close()
         handle = WorkerHandle(wid=wid, pool=pool.name, slot=slot, child=child, gpu=gpu,
-                              generation=pool.generation)
+                              generation=pool.generation, chan=chan, control=control)
         pool.workers[wid] = handle
-        self.by_identity[handle.identity] = handle
+        self.by_wid[wid] = handle
         self.by_pidfd[child.pidfd] = handle
+        for ch in handle.channels():
+            self.by_channel[ch.fileno()] = (handle, ch)
         log.debug("pool %s: started worker %d pid %d", pool.name, wid, child.pid)
         return handle
 
@@ -251,8 +265,11 @@ class Workers:
         pool = self.pools.get(w.pool)
         if pool is not None:
             pool.workers.pop(w.wid, None)
-        self.by_identity.pop(w.identity, None)
+        self.by_wid.pop(w.wid, None)
         self.by_pidfd.pop(w.child.pidfd, None)
+        for ch in w.channels():
+            if self.by_channel.pop(ch.fileno(), None) is not None:
+                ch.close()
         w.child.close()
         # Whatever the worker started must not outlive it.
         process.signal_tree(w.pid, signal.SIGKILL, tree=[])

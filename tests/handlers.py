@@ -75,7 +75,22 @@ def rude(payload: Any, ctx: JobContext) -> str:
 
     runtime = next(o for o in gc.get_objects() if isinstance(o, Runtime))
     with runtime.send_lock:
-        runtime.sock.send(b"\xc1 not msgpack")
+        runtime.chan.sock.sendall(runtime.chan.frame(b"\xc1 not msgpack"))
     runtime.send(("error", ctx.token))  # a known kind with its fields missing
     runtime.send(("done",))
     return "still here"
+
+
+def vandal(payload: Any, ctx: JobContext) -> str:
+    """Writes bytes that are not a frame into its worker's channel: a corrupt stream."""
+    import gc
+
+    from worker.runtime import Runtime
+
+    runtime = next(o for o in gc.get_objects() if isinstance(o, Runtime))
+    with runtime.send_lock:
+        runtime.chan.sock.sendall(b"\xff\xff\xff\xff garbage")
+    import time
+
+    time.sleep(30)  # the master kills this worker long before
+    return "unreachable"

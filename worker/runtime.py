@@ -1,9 +1,10 @@
 """The worker loop: take one job at a time from the master, run it, report.
 
-The main thread runs handlers.  A heartbeat thread with its own socket tells
+The main thread runs handlers.  A heartbeat thread with its own channel tells
 the master the process is alive and receives cancel requests while the main
 thread is busy: if a C call holds the GIL or the process is stopped, the
-heartbeats stop and the master's watchdog acts.
+heartbeats stop and the master's watchdog acts.  Either channel closing means
+the master is gone, and the worker exits at once.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import random
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
 import msgpack
-import zmq
 
+from worker.channel import Channel, ChannelBroken
 from worker.context import JobContext
 from worker.errors import Interrupt, JobFailure
 
@@ -45,11 +45,9 @@ class Runtime:
     def __init__(self, spec: dict) -> None:
         self.spec = spec
         self.wid = spec["wid"]
-        self.ctx = zmq.Context(io_threads=1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % self.wid)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(spec["endpoint"])
+        jobs_fd, control_fd = spec["channels"]
+        self.chan = Channel.from_fd(jobs_fd)
+        self.control = Channel.from_fd(control_fd)
         self.send_lock = threading.Lock()
         self.handlers: dict[str, Any] = {}
         self.schemas: dict[str, Any] = {}
@@ -57,8 +55,8 @@ class Runtime:
         self.current: JobContext | None = None
 
     def send(self, msg: tuple) -> None:
-        with self.send_lock:
-            self.sock.send(_pack(msg))
+        with self.send_lock:  # handlers may report progress from their own threads
+            self.chan.send(msg)
 
     # -- start-up ---------------------------------------------------------
     def load(self) -> None:
@@ -72,19 +70,21 @@ class Runtime:
 
     # -- heartbeats and cancels ---------------------------------------------
     def heartbeat(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, b"h%d" % self.wid)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.spec["endpoint"])
         interval = float(self.spec.get("heartbeat_interval", 1.0))
         master = self.spec.get("master_pid")
-        beat = _pack(("hb",))
+        self.control.sock.settimeout(interval)
         while True:
             if master and os.getppid() != master:
                 os._exit(70)
-            sock.send(beat)
-            if sock.poll(interval * 1000):
-                msg = msgpack.unpackb(sock.recv(), raw=False)
+            try:
+                self.control.send(("hb",))
+                frames = self.control.recv()
+            except TimeoutError:
+                continue
+            except (ChannelBroken, OSError):
+                os._exit(70)  # the master is gone: nobody will take a result
+            for frame in frames:
+                msg = msgpack.unpackb(frame, raw=False)
                 current = self.current
                 if msg[0] == "cancel" and current is not None and current.token == msg[1]:
                     current._cancel.set()
@@ -131,12 +131,17 @@ class Runtime:
     def loop(self) -> int:
         self.send(("ready", os.getpid()))
         while True:
-            msg = msgpack.unpackb(self.sock.recv(), raw=False)
-            if msg[0] == "run":
-                if not self.run_job(msg):
+            try:
+                frames = self.chan.recv()
+            except ChannelBroken:
+                return 70  # the master is gone
+            for frame in frames:
+                msg = msgpack.unpackb(frame, raw=False)
+                if msg[0] == "run":
+                    if not self.run_job(msg):
+                        return 0
+                elif msg[0] == "stop":
                     return 0
-            elif msg[0] == "stop":
-                return 0
 
 
 def run(spec: dict) -> int:
@@ -154,13 +159,10 @@ def run(spec: dict) -> int:
     except BaseException as exc:  # report why, then exit non-zero: the pool backs off
         tb = "".join(traceback.format_exception(exc))
         rt.send(("init_failed", os.getpid(), f"{type(exc).__name__}: {exc}", tb[-8000:]))
-        time.sleep(0.2)
-        rt.sock.close(linger=1000)
         os._exit(3)
     threading.Thread(target=rt.heartbeat, name="heartbeat", daemon=True).start()
     try:
         code = rt.loop()
     except Interrupt:
         code = 0
-    rt.sock.close(linger=1000)
     os._exit(code)
