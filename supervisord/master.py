@@ -129,8 +129,8 @@ class Master(Writes, Control):
             self.phase = Phase.DONE
 
     def poll_timeout(self) -> int:
-        if not self.pipe.busy and (self.batch or any(
-                p.want() for p in self.workers.pools.values())):
+        if not self.pipe.full and (self.batch or (self.may_reserve() and any(
+                p.want() for p in self.workers.pools.values()))):
             return 0
         now = time.monotonic()
         wake = [now + 0.1]

@@ -8,6 +8,7 @@ the batches grow exactly as fast as Redis falls behind.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import hiredis
@@ -42,15 +43,37 @@ def read_pipelined(client: redis.Redis, commands: list[tuple], chunk: int = 4000
 
 
 class RedisPipe:
-    def __init__(self, client: redis.Redis) -> None:
+    """Writes in flight on one connection, their replies read in order.
+
+    Redis runs a connection's commands in the order they arrive, so a second write
+    may go before the first one's reply is back: a job's result is then sent while
+    its submit is still being stored, instead of one Redis round trip later.  At
+    most ``depth`` writes are in flight; beyond that, transitions gather in the
+    next batch.
+    """
+
+    def __init__(self, client: redis.Redis, depth: int = 2) -> None:
         self.pool = client.connection_pool
         self.conn: Connection | None = None
-        self.expected = 0
-        self.context: Any = None
+        self.depth = depth
+        self.inflight: deque[tuple[int, Any]] = deque()  # (replies expected, context)
 
     @property
     def busy(self) -> bool:
-        return self.expected > 0
+        """A write is in flight."""
+        return bool(self.inflight)
+
+    @property
+    def full(self) -> bool:
+        return len(self.inflight) >= self.depth
+
+    @property
+    def context(self) -> Any:
+        """The context of the oldest write in flight: the one ``receive`` reads next."""
+        return self.inflight[0][1]
+
+    def contexts(self) -> list[Any]:
+        return [context for _, context in self.inflight]
 
     def fileno(self) -> int | None:
         sock = getattr(self.conn, "_sock", None)
@@ -63,30 +86,40 @@ class RedisPipe:
         try:
             self.conn.send_packed_command([pack_commands(commands)], check_health=False)
         except redis.RedisError:
-            self.reset()
+            self.disconnect()
             raise
-        self.expected = len(commands)
-        self.context = context
+        self.inflight.append((len(commands), context))
 
     def receive(self) -> tuple[list[Any], Any]:
-        """Read every reply (errors as exception objects, in place); blocks until complete."""
-        assert self.conn is not None
+        """The oldest write's replies (errors as exception objects, in place); blocks
+        until they are complete.  If the connection fails, every write in flight is
+        lost: the caller takes them back with ``abandon``."""
+        assert self.conn is not None and self.inflight
+        expected, _ = self.inflight[0]
         replies: list[Any] = []
         try:
-            for _ in range(self.expected):
+            for _ in range(expected):
                 try:
                     replies.append(self.conn.read_response())
                 except redis.ResponseError as exc:
                     replies.append(exc)
         except redis.RedisError:
-            self.reset()
+            self.disconnect()
             raise
-        context, self.context, self.expected = self.context, None, 0
-        return replies, context
+        return replies, self.inflight.popleft()[1]
 
-    def reset(self) -> None:
+    def more(self) -> bool:
+        """Whether the next write's replies have (begun to) come in already."""
+        return bool(self.inflight) and self.conn is not None and self.conn.can_read(0)
+
+    def abandon(self) -> list[Any]:
+        """The contexts of every write still in flight, oldest first; forgets them."""
+        contexts = self.contexts()
+        self.inflight.clear()
+        return contexts
+
+    def disconnect(self) -> None:
         if self.conn is not None:
             self.conn.disconnect()
             self.pool.release(self.conn)
             self.conn = None
-        self.expected = 0

@@ -28,8 +28,12 @@ log = logging.getLogger("jobsup.master")
 
 class Writes:
     def flush(self) -> None:
-        """Send the pass's writes to Redis, unless a write is still in flight."""
-        if self.pipe.busy:
+        """Send the pass's writes to Redis, unless as many as may be are in flight.
+
+        A reservation (and promotion) goes only when none is in flight, since how
+        many jobs to take depends on what the last one brought.
+        """
+        if self.pipe.full:
             return
         now = time.time()
         for pending in self.batch.submits:
@@ -37,9 +41,11 @@ class Writes:
             if last.status == "queued" and not last.lease:  # not all went straight to workers
                 self.may_have_work(last.type)
                 self.make_way(last.pool, last.priority)
-        promote = 500 if self.next_due and now >= self.next_due else 0
+        settled = self.may_reserve()
+        promote = 500 if settled and self.next_due and now >= self.next_due else 0
         wants = ({p.name: (n, sorted(p.hot)) for p in self.workers.pools.values()
-                  if (n := p.want())} if self.phase is Phase.RUNNING and self.redis_up else {})
+                  if (n := p.want())}
+                 if settled and self.phase is Phase.RUNNING and self.redis_up else {})
         if not (self.batch or wants or promote):
             return
         if not self.redis_up and time.monotonic() < self.redis_retry_at:
@@ -52,6 +58,7 @@ class Writes:
                            (taken, wants, bool(jobs)))
         except redis.RedisError as exc:
             self.write_failed(taken, exc)
+            self.lose_writes(exc)
             return
         fd = self.pipe.fileno()
         if fd != self._pipe_fd:
@@ -60,23 +67,60 @@ class Writes:
             self.poller.register(fd, zmq.POLLIN)
             self._pipe_fd = fd
 
+    def may_reserve(self) -> bool:
+        """No reservation is in flight."""
+        return not any(wants for _, wants, _ in self.pipe.contexts())
+
     def read_redis(self, ready: dict, block: bool = False) -> None:
-        """The in-flight write's replies: commit its effects, or keep it for a retry."""
+        """Replies of writes in flight, oldest first: commit their effects, or keep
+        their transitions for a retry."""
         if not self.pipe.busy or not (block or self._pipe_fd in ready):
             return
-        taken, wants, had_submits = self.pipe.context
-        try:
-            replies, _ = self.pipe.receive()
+        while self.pipe.busy:
+            try:
+                replies, (taken, wants, had_submits) = self.pipe.receive()
+            except redis.RedisError as exc:
+                self.lose_writes(exc)
+                return
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 self.store.load_scripts()  # Redis restarted empty-handed: send again
-                self.batch.put_back(taken, submits=True)
+                self.resend(taken)
                 return
-            created, applied = self.store.parse_write(replies, had_submits)
-        except redis.RedisError as exc:
+            try:
+                created, applied = self.store.parse_write(replies, had_submits)
+            except redis.RedisError as exc:
+                self.write_failed(taken, exc)
+                continue
+            self.committed(taken, wants, created, applied)
+            if not (block or self.pipe.more()):
+                return
+
+    def lose_writes(self, exc: Exception) -> None:
+        """The connection failed: every write in flight is lost, and kept for a retry."""
+        if self._pipe_fd is not None:
+            self.poller.unregister(self._pipe_fd)
             self._pipe_fd = None
+        for taken, _, _ in reversed(self.pipe.abandon()):  # the oldest ends up first
             self.write_failed(taken, exc)
-            return
-        self.committed(taken, wants, created, applied)
+
+    def resend(self, taken: Batch) -> None:
+        """Put back a write Redis refused for want of its scripts, with those behind it
+        (sent with the same scripts), in order."""
+        again = [taken]
+        while self.pipe.busy:
+            try:
+                replies, (later, wants, had_submits) = self.pipe.receive()
+            except redis.RedisError as exc:
+                for batch in reversed(again):
+                    self.batch.put_back(batch, submits=True)
+                self.lose_writes(exc)
+                return
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                again.append(later)
+            else:
+                self.committed(later, wants, *self.store.parse_write(replies, had_submits))
+        for batch in reversed(again):
+            self.batch.put_back(batch, submits=True)
 
     def write_failed(self, taken: Batch, exc: Exception) -> None:
         self.redis_failed(exc)
