@@ -23,6 +23,10 @@ import msgpack
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 30  # a longer length means the stream is corrupt, not a big result
+# The master reads every channel into one buffer: a fresh 64 KiB object per read
+# would cost an allocation per message (the master is one thread).
+_BUFFER = bytearray(1 << 16)
+_VIEW = memoryview(_BUFFER)
 
 
 class ChannelBroken(Exception):
@@ -115,18 +119,18 @@ class Channel:
         """Every whole frame that has arrived; raises ChannelBroken at EOF."""
         while True:
             try:
-                chunk = self.sock.recv(1 << 18)
+                n = self.sock.recv_into(_BUFFER)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 raise ChannelBroken(str(exc)) from None
-            if not chunk:
+            if not n:
                 frames = self._frames()
                 if frames:
                     return frames
                 raise ChannelBroken("the worker closed the channel")
-            self.inbox += chunk
-            if len(chunk) < 1 << 18:
+            self.inbox += _VIEW[:n]
+            if n < len(_BUFFER):
                 break
         return self._frames()
 
