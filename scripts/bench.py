@@ -229,6 +229,31 @@ def run_others(args: argparse.Namespace) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+_PING = """
+import os, socket, time
+a, b = socket.socketpair()
+if os.fork() == 0:
+    a.close()
+    while (d := b.recv(64)):
+        b.send(d)
+    os._exit(0)
+b.close()
+lat = []
+for _ in range(3000):
+    t = time.perf_counter(); a.send(b"x"); a.recv(64); lat.append(time.perf_counter() - t)
+lat.sort()
+print(lat[len(lat) // 2] * 1e6)
+"""
+
+
+def machine_noise() -> float:
+    """A bare process-to-process ping-pong over a socketpair, p50 in µs: a control
+    figure, since on a shared VM every system's latency moves with it."""
+    out = subprocess.run([sys.executable, "-c", _PING], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return float(out.stdout)
+
+
 def fmt(value: object, spec: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
@@ -248,9 +273,12 @@ def main() -> None:
     print(f"# machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
           f"{cpu}, Python {platform.python_version()}, {platform.system()} "
           f"{platform.release()}", file=sys.stderr)
+    noise = [machine_noise()]
     rows = run_jobsup(args)
     if args.compare:
         rows += run_others(args)
+    noise.append(machine_noise())
+    rows[0]["control_pingpong_us"] = noise
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -276,6 +304,8 @@ def main() -> None:
     print(f"# jobsup delayed jobs start {lag['delay_lag_p50_ms']:.1f} ms after run_at "
           f"(p50; max {lag['delay_lag_max_ms']:.1f} ms) with idle workers")
     print("# policies on: circuit breaker, retry budget, fallback and tags on the job type")
+    print(f"# control: socketpair ping-pong p50 {noise[0]:.0f} µs before, {noise[1]:.0f} µs "
+          "after (about 50 on a quiet 2-vCPU VM; higher means a noisy machine)")
 
 
 if __name__ == "__main__":
