@@ -153,7 +153,8 @@ class Applied:
     reserved: list[Reserved] = field(default_factory=list)
     circuit_changes: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)  # finished jobs with waiters
-    next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
+    # when the earliest scheduled job is due; 0 when none, None when not read
+    next_due: float | None = 0.0
 
 
 def _script(name: str) -> str:
@@ -214,12 +215,14 @@ class Store:
                        wants: dict[str, tuple[int, list[str]]], promote_limit: int, now: float,
                        routes: list[Route] = (), breakers: set[str] | frozenset = frozenset()
                        ) -> list[tuple]:
-        """The commands of one pass: a submit call (if any) and an apply call."""
+        """The commands of one pass: a submit call (if any) and an apply call (unless
+        submits are all there is to write)."""
         commands = []
         if submits:
             commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
-        commands.append(("EVALSHA", self.sha["apply"], 0,
-                         *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
+        if not submits or ops or wants or promote_limit:
+            commands.append(("EVALSHA", self.sha["apply"], 0,
+                             *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
         return commands
 
     @staticmethod
@@ -232,6 +235,8 @@ class Store:
         if had_submits:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
+            if len(replies) == 1:  # nothing but submits was written
+                return created, Applied(flags=[], promoted=[], next_due=None)
         flags, promoted, rows, next_due, changes, records = replies[-1]
         reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
         return created, Applied(
