@@ -58,12 +58,13 @@ class Lifecycle:
                       cfg.jobs[jt.fallback].timeout or 0, cfg.jobs[jt.fallback].max_attempts)
                 for name, jt in cfg.jobs.items() if jt.circuit_breaker and jt.fallback]
 
-    def awaited(self, job: Reserved) -> str:
-        """'r' asks the finish op to return the record: someone is waiting for it."""
+    def awaited(self, job: Reserved) -> bool:
+        """Whether the write that ends this job should read its record back: someone
+        is waiting for it (and for nothing else)."""
         if job.awaited:
-            return "r"
+            return True
         waiting = self.m.api.waiters.get(job.id, ())
-        return "r" if any(len(w.remaining) == 1 for w in waiting) else ""
+        return any(len(w.remaining) == 1 for w in waiting)
 
     # -- transitions ----------------------------------------------------------------------
     def hand_over(self, jobs: list[NewJob], awaited: bool) -> None:
@@ -176,11 +177,11 @@ class Lifecycle:
                 effect(flag)
 
             m.batch.add(Op("ran", job.id, job.token, (
-                worker, running_hist, started_at, result, hist, policy.result_ttl, circuit,
-                awaited)), both)
+                worker, running_hist, started_at, result, hist, policy.result_ttl, circuit),
+                record=awaited), both)
             return
         m.batch.add(Op("finish", job.id, job.token, (
-            "succeeded", result, hist, policy.result_ttl, circuit, awaited)), effect)
+            "succeeded", result, hist, policy.result_ttl, circuit), record=awaited), effect)
 
     def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
              retry_after: float | None = None) -> None:
@@ -219,13 +220,13 @@ class Lifecycle:
                                      now=now)
             m.batch.add(Op("fallback", job.id, job.token, (
                 error, final, policy.failure_ttl, policy.fallback, m.cfg.pool_of(policy.fallback),
-                fb.max_attempts, fb.timeout or 0, hist_new, circuit, self.awaited(job))),
+                fb.max_attempts, fb.timeout or 0, hist_new, circuit), record=self.awaited(job)),
                 failed)
             return
         if not d.retry:
             m.batch.add(Op("finish", job.id, job.token, (
-                "failed", error, final, policy.failure_ttl, circuit, self.awaited(job))),
-                failed)
+                "failed", error, final, policy.failure_ttl, circuit),
+                record=self.awaited(job)), failed)
             return
         run_at = now + d.delay if d.delay > 0 else 0.0
         status = "scheduled" if run_at else "queued"
@@ -268,8 +269,8 @@ class Lifecycle:
             m.api.finished(job.id, m.done_waiters)
 
         m.batch.add(Op("finish", job.id, job.token, (
-            "cancelled", error, hist, self.policy(job.type).failure_ttl, "",
-            self.awaited(job))), effect)
+            "cancelled", error, hist, self.policy(job.type).failure_ttl, ""),
+            record=self.awaited(job)), effect)
 
     def requeue(self, run: Running | Reserved, reason: str) -> None:
         """Give a job back to its queue without burning an attempt."""

@@ -87,7 +87,7 @@ class Writes:
                 self.resend(taken)
                 return
             try:
-                created, applied = self.store.parse_write(replies, had_submits)
+                created, applied = self.store.parse_write(replies, had_submits, taken.ops)
             except redis.RedisError as exc:
                 self.write_failed(taken, exc)
                 continue
@@ -118,7 +118,8 @@ class Writes:
             if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 again.append(later)
             else:
-                self.committed(later, wants, *self.store.parse_write(replies, had_submits))
+                self.committed(later, wants,
+                               *self.store.parse_write(replies, had_submits, later.ops))
         for batch in reversed(again):
             self.batch.put_back(batch, submits=True)
 

@@ -68,7 +68,7 @@ def finish_op(res, status: str = "succeeded", value=None, ttl: float = 3600.0) -
     blob = pack(value if status == "succeeded" else
                 {"kind": "exception", "message": str(value), "traceback": None})
     hist = history_entry(status, res.attempt, NODE, "done")
-    return Op("finish", res.id, res.token, (status, blob, hist, ttl, "", ""))
+    return Op("finish", res.id, res.token, (status, blob, hist, ttl, ""))
 
 
 def retry_op(res, run_at: float, flags: str = "a", new_timeout: str | float = "",
@@ -171,6 +171,21 @@ def test_submit_with_a_lease_is_held_by_its_node_not_queued(store, ids):
     rec = store.get(jid)
     assert (rec["status"], rec["attempt"]) == ("queued", 1)
     assert store.apply([finish_op(Held)]).flags == ["0"]  # the old lease is void
+
+
+def test_a_finish_that_someone_awaits_reads_the_record_back(store, ids):
+    [jid, other] = submit(store, new_job(ids, payload={"n": 1}), new_job(ids))
+    first, second = reserve(store, 2)
+    awaited = finish_op(first, value={"n": 1})
+    awaited.record = True
+    applied = store.apply([start_op(first), awaited, start_op(second), finish_op(second)])
+    assert applied.flags == ["1", "1", "1", "1"]
+    assert set(applied.records) == {jid}  # only the awaited one, read after the script
+    rec = applied.records[jid]
+    assert (rec["status"], rec["result"]) == ("succeeded", {"n": 1})
+    assert statuses(rec) == ["queued", "running", "succeeded"]
+    assert rec == store.get(jid)
+    assert other not in applied.records
 
 
 def test_failed_finish_lands_in_dead_letters(store, ids):

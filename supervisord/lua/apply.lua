@@ -3,7 +3,7 @@
 --   op:    kind id token n arg1..argn
 --   pool:  name want ntypes (type has_breaker)...
 --   route: type fallback fallback_pool fallback_timeout fallback_max_attempts
--- Returns { flags, promoted_types, reserved, next_due, circuit_changes, records }:
+-- Returns { flags, promoted_types, reserved, next_due, circuit_changes }:
 --   flags: one char per op: '1' applied, '0' discarded (stale token or state),
 --          '2' a retry turned final because the type's retry budget is spent
 --   reserved: 13 fields per job handed to this node (see store.Reserved)
@@ -11,14 +11,7 @@
 local node = ARGV[2]
 local now = tonumber(ARGV[3])
 local nops = tonumber(ARGV[4])
-local flags, changes, records = {}, {}, {}
-
--- A finished job someone waits for goes back whole, saving the waiter a round trip.
-local function record_of(id)
-  records[#records + 1] = id
-  records[#records + 1] = redis.call('HGETALL', k_job(id))
-  records[#records + 1] = redis.call('LRANGE', k_hist(id), 0, -1)
-end
+local flags, changes = {}, {}
 local i = 5
 
 local function live(id, token)
@@ -93,7 +86,7 @@ for _ = 1, nops do
     end
   elseif cur and kind == 'ran' then
     -- a short attempt's start and success in one: worker, running history, started_at,
-    -- result, final history, ttl, circuit, want record
+    -- result, final history, ttl, circuit
     if cur[2] ~= 'queued' then
       flag = '0'
     else
@@ -105,7 +98,6 @@ for _ = 1, nops do
       redis.call('ZADD', K_EXPIRY, now + tonumber(a[6]), id)
       redis.call('RPUSH', k_hist(id), a[2], a[5])
       circuit(cur[4], a[7])
-      if a[8] == 'r' then record_of(id) end
     end
   elseif cur and kind == 'finish' then
     -- status, blob, history, ttl, circuit
@@ -117,7 +109,6 @@ for _ = 1, nops do
     end
     push_history(id, a[3])
     circuit(cur[4], a[5])
-    if a[6] == 'r' then record_of(id) end
   elseif cur and kind == 'retry' then
     -- error, history, run_at, flags, timeout, circuit, budget, final_history, final_ttl
     circuit(cur[4], a[6])
@@ -172,7 +163,6 @@ for _ = 1, nops do
     settle(id, cur, 'failed', a[3], false)
     push_history(id, a[2])
     circuit(cur[4], a[9])
-    if a[10] == 'r' then record_of(id) end
     flag = new_id
   elseif cur and kind == 'requeue' then
     redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
@@ -326,4 +316,4 @@ for _ = 1, npools do
 end
 
 local nxt = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
-return { table.concat(flags, ','), promoted, reserved, nxt[2] or '', changes, records }
+return { table.concat(flags, ','), promoted, reserved, nxt[2] or '', changes }
