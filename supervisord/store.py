@@ -154,8 +154,7 @@ class Applied:
     reserved: list[Reserved] = field(default_factory=list)
     circuit_changes: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)  # finished jobs with waiters
-    # when the earliest scheduled job is due; 0 when none, None when not read
-    next_due: float | None = 0.0
+    next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
 
 
 def _script(name: str) -> str:
@@ -216,14 +215,13 @@ class Store:
                        wants: dict[str, tuple[int, list[str]]], promote_limit: int, now: float,
                        routes: list[Route] = (), breakers: set[str] | frozenset = frozenset()
                        ) -> list[tuple]:
-        """The commands of one pass: a submit call (if any) and an apply call (unless
-        submits are all there is to write)."""
+        """The commands of one pass: a submit call (if any), an apply call, and reads of
+        the records someone waits for."""
         commands = []
         if submits:
             commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
-        if not submits or ops or wants or promote_limit:
-            commands.append(("EVALSHA", self.sha["apply"], 0,
-                             *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
+        commands.append(("EVALSHA", self.sha["apply"], 0,
+                         *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
         for op in ops:
             if op.record:  # plain reads after the script: far cheaper than inside Lua
                 commands.append(("HGETALL", self.keys.job(op.id)))
@@ -240,8 +238,6 @@ class Store:
         if had_submits:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
-            if len(replies) == 1:  # nothing but submits was written
-                return created, Applied(flags=[], promoted=[], next_due=None)
         at = 1 if had_submits else 0
         flags, promoted, rows, next_due, changes = replies[at]
         reads = replies[at + 1:]
