@@ -48,6 +48,7 @@ log = logging.getLogger("jobsup.master")
 _PROGRESS_EVERY = 0.2  # seconds between progress writes to Redis for one job
 _DISCOVER_EVERY = 0.2  # look for jobs other nodes queued, when a pool has idle workers
 _SLOW_EVERY = 1.0
+_TICK_EVERY = 0.001
 
 
 
@@ -78,6 +79,7 @@ class Master(Writes, Control):
         self.drain_deadline = 0.0
         self.stop_deadline = 0.0
         self._timers: dict[str, float] = {}
+        self._next_tick = 0.0
         self._pipe_fd: int | None = None
         self._errors: list[float] = []
         self.pools_changed = True
@@ -110,7 +112,8 @@ class Master(Writes, Control):
         self.read_subscriptions(ready)
         self.reap(ready)
         self.handle_signals(ready)
-        self.tick()
+        if self.timers_due():
+            self.tick()
         self.dispatch()
         self.flush()
 
@@ -413,8 +416,18 @@ class Master(Writes, Control):
         self._timers[name] = now + every
         return True
 
+    def timers_due(self) -> bool:
+        """Timers run at most once a millisecond: a job's round trip takes several loop
+        passes, and no timer needs a finer grain.  A pool change (a worker died) is
+        acted on at once."""
+        now = time.monotonic()
+        if now < self._next_tick and not self.pools_changed:
+            return False
+        self._next_tick = now + _TICK_EVERY
+        return True
+
     def tick(self) -> None:
-        """Timers: cheap when nothing is due, since it runs once per pass."""
+        """Timers: cheap when nothing is due."""
         if self.unstarted:
             self._next_start_write = self.jobs.record_due_starts(time.time())
         now = time.monotonic()
