@@ -98,6 +98,16 @@ def test_outcomes_return_results_and_errors_in_order(c):
         (o.status, o.result, o.attempt, o.finished_at) for o in outcomes]
 
 
+def test_large_payloads_and_results_cross_the_worker_channel(c):
+    """Near max_payload each, and several at once: more than a socket buffer holds, so
+    the master queues what the channel does not take and sends it when writable."""
+    payloads = [{"i": i, "blob": f"{i}" * 900_000} for i in range(8)]
+    ids = c.submit_many("echo", payloads)
+    outcomes = c.outcomes(ids, timeout=60)
+    assert [o.status for o in outcomes] == ["succeeded"] * 8
+    assert [o.result for o in outcomes] == payloads
+
+
 def test_get_unknown_id(c):
     with pytest.raises(errors.NotFound):
         c.get("nosuchjob0000000")
