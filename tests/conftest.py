@@ -23,6 +23,7 @@ import redis
 
 from supervisord.client import Client
 from supervisord.embedded import find_server
+from supervisord.errors import Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,6 +208,15 @@ class Daemon:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def accepts(self) -> bool:
+        """Whether a submit gets through now (Redis may still be catching up)."""
+        with self.client() as c:
+            try:
+                c.wait(c.submit("add", {"a": 0, "b": 0}), timeout=20)
+                return True
+            except Unavailable:
+                return False
 
     def workers(self) -> list[dict]:
         with self.client() as c:

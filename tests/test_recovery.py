@@ -148,6 +148,40 @@ def test_embedded_start_leaves_a_foreign_redis_named_by_a_stale_pidfile(daemon_f
 
 
 @pytest.mark.timeout(90)
+def test_a_refused_write_stops_the_job_it_handed_to_a_worker(daemon_factory, redis_server):
+    """A job goes to an idle worker while Redis stores it.  If Redis refuses that write
+    (here: out of memory) and then stays away (killed), the client is told the job was
+    not accepted and the worker is told to stop it at once: it does not run on
+    unrecorded until Redis is back."""
+    d = daemon_factory()
+    r = redis_server.client()
+    message = ""
+    for _ in range(5):  # a heartbeat write may notice the refusal first: then try again
+        with d.client() as c:
+            assert c.wait(c.submit("add", {"a": 1, "b": 2}), timeout=20).result == 3
+            r.config_set("maxmemory", 1)
+            try:
+                c.submit("sleep", {"seconds": 30})
+            except Unavailable as exc:
+                message = exc.message
+        if "told to stop" in message:
+            break
+        r.config_set("maxmemory", 0)
+        wait_for(lambda: d.accepts(), 20, 0.2, "the daemon to accept submits again")
+    r.close()
+    redis_server.stop(signal.SIGKILL)
+    assert "NOT accepted" in message and "told to stop" in message, message
+    wait_for(lambda: all(w["state"] == "idle" for w in d.workers()), 15, 0.1,
+             "the worker to stop the job nobody recorded, with Redis still down")
+
+    redis_server.start()  # the same dir, without the memory limit
+    wait_for(lambda: d.accepts(), 30, 0.2, "the daemon to accept submits again")
+    r = redis_server.client()
+    assert r.zcard(f"{PREFIX}:idx:type:sleep") == 0  # never stored
+    r.close()
+
+
+@pytest.mark.timeout(90)
 def test_redis_outage_refuses_submits_and_recovers(daemon_factory, redis_server):
     d = daemon_factory()
     r = redis_server.client()
