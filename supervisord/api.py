@@ -209,19 +209,14 @@ class Api:
         """Reply to finished waiters, one read per view; records the last write returned
         need no read."""
         store = self.m.store
-        found: dict[str, dict[str, Any]] = {"records": dict(known or {}), "outcomes": {},
-                                             "statuses": {}}
-        read = {"records": store.get_many, "outcomes": store.outcomes,
-                "statuses": store.status_of}
+        found: dict[str, dict[str, Any]] = {"records": dict(known or {}), "outcomes": {}}
+        read = {"records": store.get_many, "outcomes": store.outcomes}
         for view, have in found.items():
             need = sorted({i for w in waiters if w.view == view for i in w.ids} - set(have))
             if need:
                 have.update(zip(need, read[view](need), strict=True))
         for w in waiters:
-            have = found[w.view]
-            result: Any = ({i: have[i] for i in w.ids} if w.view == "statuses"
-                           else [have[i] for i in w.ids])
-            self.reply(w.identity, protocol.ok(w.rid, result))
+            self.reply(w.identity, protocol.ok(w.rid, [found[w.view][i] for i in w.ids]))
 
     def expire_waiters(self, now: float) -> None:
         """Answer waits whose timeout passed; only waits with a deadline are looked at."""

@@ -51,8 +51,6 @@ _SLOW_EVERY = 1.0
 _TICK_EVERY = 0.001
 
 
-
-
 class Master(Writes, Control):
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.cfg = cfg
@@ -516,7 +514,6 @@ class Master(Writes, Control):
         if pool is not None:
             pool.hot.add(job_type)
 
-
     def types_of(self, pool: str) -> list[str]:
         return [name for name in self.cfg.jobs if self.cfg.pool_of(name) == pool]
 
@@ -541,31 +538,10 @@ class Master(Writes, Control):
                         if not pool.can_take_more(w, depth):
                             busy.remove(w)
 
-    # -- the Redis write of a pass ------------------------------------------------------
-
-
-
-
-
-
-
-
-
-    # -- shutdown, reload, resize ------------------------------------------------------
-
-
-
-
     # -- status -------------------------------------------------------------------------
     def describe(self) -> dict:
         from supervisord.status import describe
         return describe(self)
-
-
-
-
-
-
 
 
 def _safe_url(url: str) -> str:
@@ -573,9 +549,3 @@ def _safe_url(url: str) -> str:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.rpartition('@')[2]}"
     return url
-
-
-
-
-
-

@@ -63,9 +63,8 @@ class Wait(_Request):
     op: Literal["wait"]
     ids: Annotated[list[JobId], Field(min_length=1, max_length=100_000)]
     timeout: Annotated[float, Field(ge=0)] | None = None
-    # records: whole records; outcomes: status, result and error only (cheap for
-    # bulk); statuses: a map of id to status
-    view: Literal["records", "outcomes", "statuses"] = "records"
+    # records: whole records; outcomes: status, result and error only (cheap for bulk)
+    view: Literal["records", "outcomes"] = "records"
 
 
 class Cancel(_Request):

@@ -1,9 +1,9 @@
-"""One Redis pipeline in flight, read when its socket is readable.
+"""The master's Redis writes, read when their socket is readable; bulk reads.
 
 The master sends a pass's writes and goes on polling its sockets; the
 replies are read when the Redis connection's fd shows up in the same poll.
-While a write is in flight, new transitions gather in the next batch, so
-the batches grow exactly as fast as Redis falls behind.
+While the pipe is full, new transitions gather in the next batch, so the
+batches grow exactly as fast as Redis falls behind.
 """
 
 from __future__ import annotations

@@ -470,5 +470,5 @@ def decode_outcome(job_id: str, row: list[bytes | None]) -> dict | None:
         return None
     return {"id": job_id, "type": job_type.decode() if job_type else "",
             "status": status.decode(), "result": _blob(result), "error": _blob(error),
-            "attempt": int(attempt) if attempt else 1,
-            "finished_at": float(finished_at) if finished_at else None}
+            "attempt": _DECODE[b"attempt"](attempt) or 1,
+            "finished_at": _DECODE[b"finished_at"](finished_at)}

@@ -1,10 +1,10 @@
-"""The Redis write of a pass: one pipeline in flight, its effects after the commit.
+"""The Redis writes of the loop: up to two pipelines in flight, effects after commit.
 
 A mixin of ``Master``: ``flush`` sends the pass's submits and transitions (and
-the reservation of queued jobs) as one pipeline, unless one is in flight;
-``read_redis`` takes its replies when the connection's fd is readable, and
-``committed`` acknowledges submits, runs effects, takes reserved jobs and wakes
-waiters.  A failed write keeps its transitions for the next try.
+the reservation of queued jobs) as one pipeline, unless the pipe is full;
+``read_redis`` takes replies, oldest first, when the connection's fd is
+readable, and ``committed`` acknowledges submits, runs effects, takes reserved
+jobs and wakes waiters.  A failed write keeps its transitions for the next try.
 """
 
 from __future__ import annotations
@@ -126,10 +126,9 @@ class Writes:
     def write_failed(self, taken: Batch, exc: Exception) -> None:
         self.redis_failed(exc)
         for pending in taken.submits:
-            started = [job.id for job in pending.jobs if job.lease]
-            for job in pending.jobs:
-                if job.lease:  # it went straight to a worker: stop it, it was never stored
-                    self.jobs.request_cancel(job.id, job.lease)
+            started = [job for job in pending.jobs if job.lease]
+            for job in started:  # it went straight to a worker: stop it, it was never stored
+                self.jobs.request_cancel(job.id, job.lease)
             self.api.fail(pending.identity, pending.rid, Unavailable(
                 f"Redis write failed ({exc}); the job was NOT accepted" + (
                     f" ({len(started)} had already started on a worker and were told to "

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from worker.channel import Channel, ChannelBroken
+from worker.channel import Channel, ChannelBroken, pack
 from worker.context import JobContext
 from worker.errors import Interrupt, JobFailure
 
@@ -35,10 +35,6 @@ def _interrupt(signum: int, frame: Any) -> None:
 def resolve(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 class Runtime:
@@ -106,7 +102,7 @@ class Runtime:
             result = self.handlers[job_type](value, ctx)
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
-            blob = _pack(result)
+            blob = pack(result)
         except JobFailure as exc:
             self._fail(token, exc.kind, exc, getattr(exc, "retry_after", None))
         except MemoryError as exc:
