@@ -363,9 +363,9 @@ class Master(Writes, Control):
 
     def on_exit(self, w: WorkerHandle, status: int) -> None:
         self.pools_changed = True  # replace it now, not at the next reconcile tick
-        for fd in [fd for fd, (x, _) in self.workers.by_channel.items() if x is w]:
+        for chan in w.channels():
             try:
-                self.poller.unregister(fd)
+                self.poller.unregister(chan.fileno())
             except KeyError:
                 pass  # already unregistered at the channel's EOF
         self.workers.forget(w)
