@@ -104,9 +104,11 @@ class Master(Writes, Control):
 
     def run_pass(self) -> None:
         ready = dict(self.poller.poll(self.poll_timeout()))
-        self.read_redis(ready)
-        self.read_api(ready)
         self.read_workers(ready)
+        self.read_api(ready)
+        if self.batch:
+            self.flush()  # results and submits go to Redis before older replies are read
+        self.read_redis(ready)
         self.read_subscriptions(ready)
         self.reap(ready)
         self.handle_signals(ready)

@@ -8,6 +8,9 @@ batches grow exactly as fast as Redis falls behind.
 
 from __future__ import annotations
 
+import select
+import socket
+import ssl
 from collections import deque
 from typing import Any
 
@@ -50,13 +53,23 @@ class RedisPipe:
     its submit is still being stored, instead of one Redis round trip later.  At
     most ``depth`` writes are in flight; beyond that, transitions gather in the
     next batch.
+
+    redis-py opens the connection (auth, TLS, database, protocol); after that the
+    pipe writes the socket itself and parses replies with its own hiredis reader,
+    which reads all the replies that have arrived with one ``recv`` instead of a
+    call stack per reply.
     """
 
     def __init__(self, client: redis.Redis, depth: int = 2) -> None:
         self.pool = client.connection_pool
         self.conn: Connection | None = None
+        self.sock: socket.socket | None = None
         self.depth = depth
         self.inflight: deque[tuple[int, Any]] = deque()  # (replies expected, context)
+        self.replies: deque[Any] = deque()  # parsed, not yet handed out
+        self.reader = hiredis.Reader(replyError=_reply_error, notEnoughData=_MORE)
+        self.buf = bytearray(1 << 16)
+        self.readable = select.poll()
 
     @property
     def busy(self) -> bool:
@@ -67,50 +80,65 @@ class RedisPipe:
     def full(self) -> bool:
         return len(self.inflight) >= self.depth
 
-    @property
-    def context(self) -> Any:
-        """The context of the oldest write in flight: the one ``receive`` reads next."""
-        return self.inflight[0][1]
-
     def contexts(self) -> list[Any]:
         return [context for _, context in self.inflight]
 
     def fileno(self) -> int | None:
-        sock = getattr(self.conn, "_sock", None)
-        return sock.fileno() if sock is not None else None
+        return self.sock.fileno() if self.sock is not None else None
+
+    def connect(self) -> socket.socket:
+        self.conn = self.pool.get_connection()
+        self.sock = self.conn._sock  # connected, authenticated and set up by redis-py
+        self.reader = hiredis.Reader(replyError=_reply_error, notEnoughData=_MORE)
+        self.replies.clear()
+        self.readable = select.poll()
+        self.readable.register(self.sock, select.POLLIN)
+        return self.sock
 
     def send(self, commands: list[tuple], context: Any) -> None:
         """Write the commands; raises redis.RedisError if the connection fails."""
-        if self.conn is None:
-            self.conn = self.pool.get_connection()
+        sock = self.sock or self.connect()
         try:
-            self.conn.send_packed_command([pack_commands(commands)], check_health=False)
-        except redis.RedisError:
+            sock.sendall(pack_commands(commands))
+        except OSError as exc:
             self.disconnect()
-            raise
+            raise redis.ConnectionError(f"writing to Redis: {exc}") from exc
         self.inflight.append((len(commands), context))
 
     def receive(self) -> tuple[list[Any], Any]:
         """The oldest write's replies (errors as exception objects, in place); blocks
         until they are complete.  If the connection fails, every write in flight is
         lost: the caller takes them back with ``abandon``."""
-        assert self.conn is not None and self.inflight
+        assert self.sock is not None and self.inflight
         expected, _ = self.inflight[0]
-        replies: list[Any] = []
-        try:
-            for _ in range(expected):
-                try:
-                    replies.append(self.conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        except redis.RedisError:
-            self.disconnect()
-            raise
+        while len(self.replies) < expected:
+            self._read()
+        replies = [self.replies.popleft() for _ in range(expected)]
         return replies, self.inflight.popleft()[1]
+
+    def _read(self) -> None:
+        """One ``recv``: every reply it completes goes to ``replies``."""
+        try:
+            n = self.sock.recv_into(self.buf)
+        except TimeoutError as exc:
+            self.disconnect()
+            raise redis.TimeoutError("Redis did not answer in time") from exc
+        except OSError as exc:
+            self.disconnect()
+            raise redis.ConnectionError(f"reading from Redis: {exc}") from exc
+        if not n:
+            self.disconnect()
+            raise redis.ConnectionError("Redis closed the connection")
+        self.reader.feed(self.buf, 0, n)
+        while (reply := self.reader.gets()) is not _MORE:
+            self.replies.append(reply)
 
     def more(self) -> bool:
         """Whether the next write's replies have (begun to) come in already."""
-        return bool(self.inflight) and self.conn is not None and self.conn.can_read(0)
+        if not self.inflight or self.sock is None:
+            return False
+        return bool(self.replies) or bool(self.readable.poll(0)) or (
+            isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
 
     def abandon(self) -> list[Any]:
         """The contexts of every write still in flight, oldest first; forgets them."""
@@ -122,4 +150,14 @@ class RedisPipe:
         if self.conn is not None:
             self.conn.disconnect()
             self.pool.release(self.conn)
-            self.conn = None
+        self.conn = self.sock = None
+        self.replies.clear()
+
+
+_MORE = object()  # hiredis: not enough data for a whole reply yet
+
+
+def _reply_error(message: str) -> redis.ResponseError:
+    if message.startswith("NOSCRIPT"):
+        return redis.exceptions.NoScriptError(message)
+    return redis.ResponseError(message)
