@@ -17,6 +17,7 @@ import msgpack
 import zmq
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from supervisord import zmtp
 from supervisord.errors import JobFailed, Timeout, Unauthorized, Unavailable, from_wire
 from supervisord.protocol import PROTOCOL_VERSION, encode
 
@@ -91,7 +92,7 @@ class Client:
                        curve_client_cert or os.environ.get("JOBSUP_CURVE_CLIENT_CERT"))
         self._ctx = zmq.Context()
         self._rids = itertools.count(1)
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket | zmtp.Dealer | None = None
 
     # -- plumbing -----------------------------------------------------------------
     def _secure(self, sock: zmq.Socket) -> None:
@@ -106,7 +107,14 @@ class Client:
         sock.curve_publickey = public
         sock.curve_secretkey = secret
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> zmq.Socket | zmtp.Dealer:
+        if self._sock is None and zmtp.supported(self.endpoint) and not self._curve[0]:
+            try:
+                self._sock = zmtp.Dealer(self.endpoint, self.connect_timeout)
+            except (OSError, ValueError) as exc:
+                raise Unavailable(f"no jobsup daemon answers at {self.endpoint} ({exc}); is "
+                                  "`jobsup run` running, and is this the right endpoint?"
+                                  ) from None
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -138,14 +146,27 @@ class Client:
 
     def call(self, op: str, reply_timeout: float | None = -1.0, **fields: Any) -> Any:
         """Send one request and return its result, raising the daemon's error."""
-        sock = self._socket()
         rid = next(self._rids)
-        sock.send(encode({"v": PROTOCOL_VERSION, "op": op, "rid": rid, **fields}))
+        request = encode({"v": PROTOCOL_VERSION, "op": op, "rid": rid, **fields})
+        try:
+            sock = self._socket()
+            sock.send(request)
+        except OSError:  # the daemon restarted since the last call: nothing was sent
+            self._reset()
+            sock = self._socket()
+            sock.send(request)
         limit = self.timeout if reply_timeout == -1.0 else reply_timeout
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not sock.poll(None if left is None else left * 1000):
+            try:
+                answered = sock.poll(None if left is None else left * 1000)
+            except OSError as exc:
+                self._reset()
+                raise Unavailable(f"lost the connection to {self.endpoint} waiting for the "
+                                  f"reply to '{op}' ({exc}); it may or may not have been "
+                                  "done: check before repeating it") from None
+            if not answered:
                 self._reset()
                 raise Unavailable(f"no reply from {self.endpoint} within {limit:g}s to '{op}'")
             reply = msgpack.unpackb(sock.recv(), raw=False)

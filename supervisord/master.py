@@ -8,6 +8,7 @@ events and waiters follow the commit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -181,6 +182,9 @@ class Master(Writes, Control):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.signals.rfd, zmq.POLLIN)
         self.reconcile()
+        # What start-up built (modules, config, schemas, scripts) lives as long as the
+        # daemon: keep the garbage collector from walking it again on every full pass.
+        gc.freeze()
         log.info("jobsup node %s pid %d: api %s, events %s, %d pool(s)", self.node, os.getpid(),
                  self.cfg.api.endpoint, self.cfg.api.events, len(self.workers.pools))
 

@@ -154,7 +154,8 @@ class Applied:
     reserved: list[Reserved] = field(default_factory=list)
     circuit_changes: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)  # finished jobs with waiters
-    next_due: float = 0.0  # when the earliest scheduled job is due; 0 when none
+    next_due: float | None = None  # when the earliest scheduled job is due; 0 when none,
+    # None when the write did not look (a write of submits alone)
 
 
 def _script(name: str) -> str:
@@ -215,13 +216,14 @@ class Store:
                        wants: dict[str, tuple[int, list[str]]], promote_limit: int, now: float,
                        routes: list[Route] = (), breakers: set[str] | frozenset = frozenset()
                        ) -> list[tuple]:
-        """The commands of one pass: a submit call (if any), an apply call, and reads of
-        the records someone waits for."""
+        """The commands of one pass: a submit call (if any), an apply call (unless the
+        pass only submits), and reads of the records someone waits for."""
         commands = []
         if submits:
             commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
-        commands.append(("EVALSHA", self.sha["apply"], 0,
-                         *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
+        if ops or wants or promote_limit or not submits:
+            commands.append(("EVALSHA", self.sha["apply"], 0,
+                             *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
         for op in ops:
             if op.record:  # plain reads after the script: far cheaper than inside Lua
                 commands.append(("HGETALL", self.keys.job(op.id)))
@@ -239,9 +241,11 @@ class Store:
             flat = replies[0]
             created = [(flat[j].decode(), flat[j + 1] == b"1") for j in range(0, len(flat), 2)]
         at = 1 if had_submits else 0
+        wanted = [op.id for op in ops if op.record]
+        if len(replies) == at + 2 * len(wanted):  # submits alone: no apply call
+            return created, Applied(flags=[], promoted=[])
         flags, promoted, rows, next_due, changes = replies[at]
         reads = replies[at + 1:]
-        wanted = [op.id for op in ops if op.record]
         reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
         return created, Applied(
             flags=flags.decode().split(",") if flags else [],

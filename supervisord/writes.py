@@ -148,7 +148,8 @@ class Writes:
                 except Exception:
                     log.exception("after-commit effect failed")
         self.take_reserved(wants, applied.reserved, applied.promoted)
-        self.next_due = applied.next_due
+        if applied.next_due is not None:
+            self.next_due = applied.next_due
         for job_type, state in applied.circuit_changes:
             self.jobs.circuit_changed(job_type, state)
         try:

@@ -7,6 +7,7 @@ Workers run with the daemon's working directory (the repository root) on
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from worker import JobContext
@@ -67,13 +68,19 @@ def chatty(payload: dict, ctx: JobContext) -> int:
     return n
 
 
-def rude(payload: Any, ctx: JobContext) -> str:
-    """Sends malformed messages on its worker's own channel to the master, then returns."""
-    import gc
-
+def _runtime() -> Any:
+    """The worker's Runtime, found up the call stack (it runs this handler)."""
     from worker.runtime import Runtime
 
-    runtime = next(o for o in gc.get_objects() if isinstance(o, Runtime))
+    frame = sys._getframe(1)
+    while not isinstance(frame.f_locals.get("self"), Runtime):
+        frame = frame.f_back
+    return frame.f_locals["self"]
+
+
+def rude(payload: Any, ctx: JobContext) -> str:
+    """Sends malformed messages on its worker's own channel to the master, then returns."""
+    runtime = _runtime()
     with runtime.send_lock:
         runtime.chan.sock.sendall(runtime.chan.frame(b"\xc1 not msgpack"))
     runtime.send(("error", ctx.token))  # a known kind with its fields missing
@@ -83,11 +90,7 @@ def rude(payload: Any, ctx: JobContext) -> str:
 
 def vandal(payload: Any, ctx: JobContext) -> str:
     """Writes bytes that are not a frame into its worker's channel: a corrupt stream."""
-    import gc
-
-    from worker.runtime import Runtime
-
-    runtime = next(o for o in gc.get_objects() if isinstance(o, Runtime))
+    runtime = _runtime()
     with runtime.send_lock:
         runtime.chan.sock.sendall(b"\xff\xff\xff\xff garbage")
     import time

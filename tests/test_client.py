@@ -3,6 +3,8 @@ delays, events, metrics and retries."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -364,3 +366,26 @@ def test_retry_then_fail(daemon):
     m = scrape(port)
     assert metric(m, "jobsup_jobs_retried_total", type="fail", kind="exception") == 1
     assert metric(m, "jobsup_jobs_failed_total", type="fail", kind="exception") == 1
+
+
+@pytest.mark.timeout(90)
+def test_one_client_outlives_a_daemon_restart(daemon_factory):
+    """The client's connection breaks when the daemon stops; its next call opens a new
+    one, and a call cut off mid-wait says so at once instead of waiting out its timeout."""
+    d = daemon_factory()
+    with d.client(timeout=30) as c:
+        assert c.run("add", {"a": 1, "b": 2}).result == 3
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+        with pytest.raises(errors.Unavailable, match="no jobsup daemon answers"):
+            c.call("ping")
+        d.start()
+        assert c.run("add", {"a": 2, "b": 2}).result == 4  # the same client, reconnected
+        job = c.submit("sleep", {"seconds": 20})
+        killer = threading.Timer(1.0, d.kill)  # SIGKILL while the wait below is under way
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(errors.Unavailable, match="lost the connection"):
+            c.wait(job, timeout=25)
+        assert time.monotonic() - t0 < 10
+        killer.join()

@@ -9,6 +9,7 @@ the master is gone, and the worker exits at once.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -156,6 +157,9 @@ def run(spec: dict) -> int:
         tb = "".join(traceback.format_exception(exc))
         rt.send(("init_failed", os.getpid(), f"{type(exc).__name__}: {exc}", tb[-8000:]))
         os._exit(3)
+    # Handler modules and init's state (a model, say) live as long as the worker: keep
+    # the garbage collector from walking them again on every full pass.
+    gc.freeze()
     threading.Thread(target=rt.heartbeat, name="heartbeat", daemon=True).start()
     try:
         code = rt.loop()
