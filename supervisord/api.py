@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from supervisord.master import Master
 
 log = logging.getLogger("jobsup.api")
+_NO_TAGS = pack({})
 
 
 @dataclass(eq=False)
@@ -114,7 +115,8 @@ class Api:
             "run_at": run_at if status == JobStatus.SCHEDULED else now,
             "max_attempts": req.max_attempts or jt.max_attempts,
             "timeout": req.timeout or jt.timeout or 0, "created_at": now, "tags": req.tags,
-            "key_ttl": jt.key_ttl, "tags_blob": pack(req.tags), "tagidx": tag_index(req.tags),
+            "key_ttl": jt.key_ttl, "tags_blob": pack(req.tags) if req.tags else _NO_TAGS,
+            "tagidx": tag_index(req.tags) if req.tags else "",
             "history": history_entry(status, 1, self.m.node, "submitted", now=now),
         }
         many = isinstance(req, protocol.SubmitMany)

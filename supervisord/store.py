@@ -19,7 +19,7 @@ import redis
 
 from supervisord.keys import Keys
 from supervisord.redispipe import read_pipelined
-from supervisord.states import TERMINAL, JobStatus
+from supervisord.states import TERMINAL
 
 _RECORD_BLOBS = ("payload", "result", "error", "tags")
 _NUMBERS = {
@@ -415,24 +415,19 @@ class Store:
         return int(self.r.zcard(self.keys.dead_letters))
 
 
-def _text(raw: bytes) -> str:
-    return raw.decode()
-
-
 def _blob(raw: bytes) -> Any:
     return unpack(raw) if raw else None
 
 
-def _number(conv: type) -> Any:
-    return lambda raw: conv(raw) if raw else None
-
-
-# How each stored field becomes a record field; the rest are text.
-_DECODE: dict[bytes, Any] = {
-    **{name.encode(): _blob for name in _RECORD_BLOBS},
-    **{name.encode(): _number(conv) for name, conv in _NUMBERS.items()},
+# How each stored field becomes a record field: blobs are msgpack, numbers convert,
+# hidden ones stay out; a field not named here is text.  Looked up once per field,
+# since a waiter's reply decodes a record on the round trip.
+_BLOB, _HIDE = object(), object()
+_FIELDS: dict[bytes, tuple[str, Any]] = {
+    **{name.encode(): (name, _BLOB) for name in _RECORD_BLOBS},
+    **{name.encode(): (name, conv) for name, conv in _NUMBERS.items()},
+    b"lease": ("lease", _HIDE), b"tagidx": ("tagidx", _HIDE),
 }
-_HIDDEN = frozenset({b"lease", b"tagidx"})
 _OUTCOME = ("status", "result", "error", "attempt", "finished_at", "type")
 
 
@@ -447,9 +442,13 @@ def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | No
         return None
     rec: dict[str, Any] = {}
     for raw_key, raw in fields.items():
-        if raw_key in _HIDDEN:
-            continue
-        rec[raw_key.decode()] = _DECODE.get(raw_key, _text)(raw)
+        name, kind = _FIELDS.get(raw_key) or (raw_key.decode(), None)
+        if kind is None:
+            rec[name] = raw.decode()
+        elif kind is _BLOB:
+            rec[name] = unpack(raw) if raw else None
+        elif kind is not _HIDE:
+            rec[name] = kind(raw) if raw else None
     worker = rec.pop("worker", None)
     if worker:
         node, _, pid = worker.rpartition(":")
@@ -459,12 +458,10 @@ def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | No
     rec["key"] = rec.get("key") or None
     rec["cancel_requested"] = rec.get("cancel_requested") == "1"
     rec["progress_message"] = rec.get("progress_message") or None
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(b"".join(history))
-    rec["history"] = list(unpacker)
+    rec["history"] = [unpack(entry) for entry in history]
     for name in ("started_at", "finished_at", "result", "error"):
         rec.setdefault(name, None)
-    rec["terminal"] = JobStatus(rec["status"]) in TERMINAL
+    rec["terminal"] = rec["status"] in TERMINAL
     return rec
 
 
@@ -474,5 +471,5 @@ def decode_outcome(job_id: str, row: list[bytes | None]) -> dict | None:
         return None
     return {"id": job_id, "type": job_type.decode() if job_type else "",
             "status": status.decode(), "result": _blob(result), "error": _blob(error),
-            "attempt": _DECODE[b"attempt"](attempt) or 1,
-            "finished_at": _DECODE[b"finished_at"](finished_at)}
+            "attempt": int(attempt) if attempt else 1,
+            "finished_at": float(finished_at) if finished_at else None}
