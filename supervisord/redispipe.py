@@ -67,9 +67,9 @@ class RedisPipe:
         self.depth = depth
         self.inflight: deque[tuple[int, Any]] = deque()  # (replies expected, context)
         self.replies: deque[Any] = deque()  # parsed, not yet handed out
-        self.reader = hiredis.Reader(replyError=_reply_error, notEnoughData=_MORE)
         self.buf = bytearray(1 << 16)
-        self.readable = select.poll()
+        self.reader: hiredis.Reader | None = None  # per connection: set by connect()
+        self.readable: select.poll | None = None
 
     @property
     def busy(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 
 _GREETING = (b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
              + b"\x00" + bytes(31))
@@ -158,7 +159,7 @@ class Dealer:
                 self.sock.settimeout(timeout)
             try:
                 data = self.sock.recv(max(65536, n - len(self.buf)))
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # a timeout of 0 makes the socket non-blocking
                 return False
             if not data:
                 raise ZmtpError("the daemon closed the connection")
@@ -172,7 +173,7 @@ class Dealer:
         del self.buf[:n]
         return out
 
-    def _frame(self, timeout: float | None) -> tuple[int, bytes] | None:
+    def _next_frame(self, timeout: float | None) -> tuple[int, bytes] | None:
         if not self._fill(2, timeout):
             return None
         flags = self.buf[0]
@@ -189,7 +190,7 @@ class Dealer:
         return flags, body
 
     def _read_command(self, timeout: float) -> tuple[bytes, bytes]:
-        got = self._frame(timeout)
+        got = self._next_frame(timeout)
         if got is None:
             raise TimeoutError("the daemon did not complete the ZMTP handshake")
         flags, body = got
@@ -200,8 +201,10 @@ class Dealer:
 
     def _message(self, timeout: float | None) -> list[bytes] | None:
         """The next whole message, or None if ``timeout`` passes (a partial one is kept)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            got = self._frame(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            got = self._next_frame(left)
             if got is None:
                 return None
             flags, body = got

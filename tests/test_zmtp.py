@@ -95,3 +95,40 @@ def test_a_curve_daemon_asks_for_keys(ctx, tmp_path: Path):
     with pytest.raises(ZmtpError, match="CurveZMQ"):
         Dealer(endpoint, timeout=5)
     server.close(linger=0)
+
+
+@pytest.mark.timeout(20)
+def test_heartbeat_pings_are_answered(ctx, tmp_path: Path):
+    """A ROUTER with ZMTP heartbeats closes a peer that stops answering its PINGs."""
+    endpoint = f"ipc://{tmp_path}/hb.sock"
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.setsockopt(zmq.HEARTBEAT_IVL, 50)
+    server.setsockopt(zmq.HEARTBEAT_TIMEOUT, 150)
+    server.bind(endpoint)
+    dealer = Dealer(endpoint, timeout=5)
+    try:
+        dealer.send(b"hello")
+        identity, _ = server.recv_multipart()
+        assert not dealer.poll(1000)  # idle for many heartbeat intervals, answering PINGs
+        server.send_multipart([identity, b"still connected"])
+        assert dealer.poll(5000)
+        assert dealer.recv() == b"still connected"
+    finally:
+        dealer.close()
+        server.close(linger=0)
+
+
+@pytest.mark.timeout(20)
+def test_a_poll_of_zero_is_a_timeout_not_an_error(ctx, tmp_path: Path):
+    endpoint = f"ipc://{tmp_path}/r.sock"
+    server = router(ctx, endpoint)
+    dealer = Dealer(endpoint, timeout=5)
+    try:
+        assert not dealer.poll(0)
+        dealer.send(b"ping")
+        identity, _ = server.recv_multipart()
+        server.send_multipart([identity, b"pong"])
+        assert dealer.poll(5000) and dealer.recv() == b"pong"
+    finally:
+        dealer.close()
