@@ -151,7 +151,7 @@ def main(ctx: click.Context, config_path: str | None, endpoint: str | None) -> N
 @_common
 def run() -> None:
     """Run the daemon in the foreground (as systemd runs it)."""
-    from supervisord.master import Master
+    from supervisord.loop import Master
 
     path = click.get_current_context().find_root().obj.get("config")
     cfg = config_mod.load(path)

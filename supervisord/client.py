@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from supervisord import zmtp
 from supervisord.errors import JobFailed, Timeout, Unauthorized, Unavailable, from_wire
-from supervisord.protocol import PROTOCOL_VERSION, encode
+from supervisord.wire.api import PROTOCOL_VERSION, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
 _TERMINAL = ("succeeded", "failed", "cancelled")

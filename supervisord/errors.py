@@ -96,6 +96,13 @@ class JobFailed(JobsupError):
     code = "job_failed"
 
 
+class InvalidTransition(JobsupError):
+    """Raised when the daemon's code asks a state machine for a move it does not allow
+    (a bug in jobsup; the loop logs it and keeps serving)."""
+
+    code = "internal"
+
+
 _BY_CODE: dict[str, type[JobsupError]] = {}
 
 

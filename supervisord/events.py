@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from supervisord.protocol import encode
+from supervisord.wire.api import encode
 
 
 class Publisher:

@@ -1,18 +1,26 @@
-"""What ``jobsup status`` shows: pools, workers, queues, circuits, Redis health."""
+"""What ``jobsup status`` shows: pools, workers, queues, circuits, Redis health.
+
+Queue depths tell the truth: a pool's ``queued`` counts the jobs in Redis's
+queues plus those this node holds ahead of its workers (buffered or sent
+ahead to a busy worker), since both are waiting to start.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import redis
 
-from supervisord.process import tree_rss
-
-if TYPE_CHECKING:
-    from supervisord.master import Master
+from supervisord.phase import PhaseMachine
+from supervisord.pool.process import tree_rss
+from supervisord.pool.workers import Workers
+from supervisord.redis.store import Store
+from supervisord.scheduler import Scheduler
+from supervisord.settings import Settings
 
 _cpu: dict[int, psutil.Process] = {}
 
@@ -26,10 +34,34 @@ def _worker_usage(pid: int) -> tuple[int, float]:
         return 0, 0.0
 
 
-def describe(m: Master) -> dict:
+def queue_depths(store: Store, settings: Settings, scheduler: Scheduler) -> dict[str, int]:
+    """Jobs waiting to start per pool: Redis's queues plus what this node holds."""
+    types_of = {name: list(settings.types_of.get(name, ())) for name in scheduler.queues}
+    found = store.queue_depths(types_of)
+    return {name: n + scheduler.held(name) for name, n in found.items()}
+
+
+@dataclass
+class Sources:
+    """What status is built from, handed over once by the loop."""
+
+    settings: Settings
+    phase: PhaseMachine
+    workers: Workers
+    scheduler: Scheduler
+    store: Store
+    redis_up: Any  # () -> bool
+    embedded: bool
+    metrics_port: Any  # () -> int | None
+    topics: Any  # () -> iterable of bytes
+    waiters: Any  # () -> int
+    started: float
+
+
+def describe(src: Sources) -> dict:
     now = time.monotonic()
     workers = []
-    for w in m.workers.all():
+    for w in src.workers.all():
         rss, cpu = _worker_usage(w.pid)
         workers.append({
             "pid": w.pid, "pool": w.pool, "wid": w.wid, "state": w.state.value,
@@ -40,31 +72,25 @@ def describe(m: Master) -> dict:
     for pid in [p for p in _cpu if p not in live]:
         _cpu.pop(pid, None)
     depths: dict[str, int] = {}
-    redis_info: dict = {"up": m.redis_up}
+    redis_info: dict = {"up": src.redis_up()}
+    store = src.store
     try:
-        t0 = time.perf_counter()
-        m.store.r.ping()
-        redis_info["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        info = m.store.r.info()
-        redis_info.update(version=info.get("redis_version"),
-                          used_memory=info.get("used_memory"),
-                          aof_enabled=bool(info.get("aof_enabled")),
-                          embedded=m.embedded is not None)
-        depths = m.store.queue_depths({name: m.types_of(name) for name in m.workers.pools})
-        dead = m.store.dead_letter_count()
-        circuits = m.store.circuits([n for n, jt in m.cfg.jobs.items() if jt.circuit_breaker])
+        redis_info.update(store.health(), embedded=src.embedded)
+        depths = queue_depths(store, src.settings, src.scheduler)
+        dead = store.dead_letter_count()
+        circuits = store.circuits(sorted(src.settings.breakers))
     except redis.RedisError as exc:
         redis_info.update(up=False, error=str(exc))
         dead, circuits = None, []
     pools = [{
         "name": p.name, "target": p.target, "workers": len(p.workers),
         "idle": len(p.idle()), "busy": len(p.busy()), "queued": depths.get(p.name),
-        "prefetched": len(p.buffer), "degraded": p.degraded,
-    } for p in m.workers.pools.values()]
+        "prefetched": src.scheduler.held(p.name), "degraded": p.degraded(now),
+    } for p in src.workers.pools.values()]
     return {
-        "node": m.node, "pid": os.getpid(), "phase": m.phase.value,
-        "uptime": round(time.time() - m.started, 3), "accepting": m.accepting,
+        "node": src.settings.node, "pid": os.getpid(), "phase": src.phase.now.value,
+        "uptime": round(time.time() - src.started, 3), "accepting": src.phase.running,
         "pools": pools, "workers": workers, "circuits": circuits, "dead_letters": dead,
-        "redis": redis_info, "metrics_port": m.metrics.port,
-        "subscriptions": sorted(t.hex() for t in m.events.topics),
+        "redis": redis_info, "metrics_port": src.metrics_port(),
+        "subscriptions": sorted(t.hex() for t in src.topics()), "waiters": src.waiters(),
     }

@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from supervisord.client import Client
-from supervisord.embedded import find_server
 from supervisord.errors import Unavailable
+from supervisord.redis.embedded import find_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from supervisord import errors
-from supervisord.protocol import PROTOCOL_VERSION
+from supervisord.wire.api import PROTOCOL_VERSION
 from tests.conftest import ROOT, Daemon, RedisServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from supervisord.embedded import find_server
+from supervisord.redis.embedded import find_server
 from tests.conftest import wait_for
 
 

@@ -1,4 +1,4 @@
-"""Retry policy as pure functions: supervisord.outcome.decide and backoff."""
+"""Retry policy as pure functions: supervisord.policies.retry.decide and backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from supervisord.config import JobTypeConfig
-from supervisord.outcome import backoff, decide
+from supervisord.policies.retry import backoff, decide
 from supervisord.states import FailureKind
 
 

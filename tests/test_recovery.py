@@ -17,8 +17,8 @@ import psutil
 import pytest
 import redis
 
-from supervisord.embedded import EmbeddedRedis
 from supervisord.errors import Unavailable
+from supervisord.redis.embedded import EmbeddedRedis
 from tests.conftest import Daemon, all_gone, gone, statuses, wait_for
 
 PREFIX = "jobsup"

@@ -1,4 +1,4 @@
-"""supervisord.redispipe against a real redis-server: writes in flight, in order."""
+"""supervisord.redis.pipe against a real redis-server: writes in flight, in order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from supervisord.redispipe import RedisPipe, read_pipelined
+from supervisord.redis.pipe import RedisPipe, read_pipelined
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def in_queue(r: redis.Redis, job_id: str) -> bool:
 
 
 def history(r: redis.Redis, job_id: str) -> list[dict]:
-    from supervisord.store import unpack
+    from supervisord.redis.store import unpack
 
     return [unpack(h) for h in r.lrange(f"{PREFIX}:hist:{job_id}", 0, -1)]
 

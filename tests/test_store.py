@@ -1,4 +1,4 @@
-"""supervisord.store.Store against a real redis-server (no daemon).
+"""supervisord.redis.store.Store against a real redis-server (no daemon).
 
 Each test builds NewJob objects directly, the way the API does, and drives the
 Lua transitions through the Store's public methods.
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from supervisord.ids import IdGenerator
-from supervisord.store import NewJob, Op, Store, history_entry, pack, unpack
+from supervisord.redis.store import NewJob, Op, Store, history_entry, pack, unpack
 
 NODE = "node-a"
 POOL = "p"
@@ -400,12 +400,20 @@ def test_cancel_scheduled_job(store, ids):
     assert later.reserved == []
 
 
-def test_cancel_reserved_job_releases_owner(store, ids):
+def test_cancel_of_a_held_job_goes_to_its_node(store, ids):
+    """A queued job a node holds may already run there (its start not written yet): the
+    cancel is that node's to carry out, and the record ends cancelled only when it does."""
     [jid] = submit(store, new_job(ids))
     [res] = reserve(store)
-    assert store.cancel(jid, ttl=50) == ("cancelled", NODE)
+    assert store.cancel(jid, ttl=50) == ("held", res.token)
+    rec = store.get(jid)
+    assert rec["status"] == "queued" and rec["cancel_requested"] is True
+    assert store.cancel_requested([jid, "nosuchjob"]) == [jid]
+    cancelled = Op("finish", jid, res.token, ("cancelled", pack({"kind": "cancelled"}),
+                                              b"", 50, ""))
+    assert store.apply([cancelled]).flags == ["1"]
+    assert store.get(jid)["status"] == "cancelled"
     assert not store.r.hexists(store.keys.owned(NODE), jid)
-    assert store.apply([start_op(res)]).flags == ["0"]  # the master must not run it
 
 
 def test_cancel_running_job_sets_flag(store, ids):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import resource
 import signal
 
-from supervisord.deathsig import set_parent_death_signal
+from supervisord.pool.deathsig import set_parent_death_signal
 
 _KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 

@@ -78,7 +78,10 @@ class Jobs(_Request):
     type: str | None = None
     tag: Annotated[list[str], Field(min_length=2, max_length=2)] | None = None
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
-    cursor: Annotated[str, Field(max_length=200)] | None = None
+    # What the last page returned: "created_at:last_id" (a float, then a job id).
+    cursor: Annotated[str, Field(max_length=200,
+                                 pattern=r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?:[0-9a-z]{0,64}$")
+                      ] | None = None
 
 
 class DeadLetters(_Request):

@@ -2,31 +2,44 @@
 
 It finds workers past their job's hard timeout, silent past the heartbeat
 timeout, over ``max_rss``, past a cancel's grace, or past the SIGKILL
-deadline of a polite stop, and asks the pool to end them.
+deadline of a polite stop.  ``verdicts`` decides from the table and the time
+alone (unit-tested with a fake clock); ``check`` carries them out through the
+pool.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import psutil
 
-from supervisord.config import Config
-from supervisord.metrics import Metrics
-from supervisord.process import tree_rss
+from supervisord.pool.process import tree_rss
+from supervisord.pool.workers import WorkerHandle, Workers
+from supervisord.settings import Settings
 from supervisord.states import KillReason, WorkerState
-from supervisord.workers import WorkerHandle, Workers
 
 log = logging.getLogger("jobsup.watchdog")
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    worker: WorkerHandle
+    reason: KillReason | None  # None: escalate a polite stop to SIGKILL
+    polite: bool  # SIGTERM first (a timeout, a cancel), or SIGKILL at once
+    why: str
+
+
 class Watchdog:
-    def __init__(self, cfg: Config, workers: Workers, metrics: Metrics) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: Settings, workers: Workers, rss_gauge) -> None:
+        self.settings = settings
         self.workers = workers
-        self.metrics = metrics
+        self.rss_gauge = rss_gauge
         self._next_rss = 0.0
         self._procs: dict[int, psutil.Process] = {}
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
 
     def next_deadline(self) -> float | None:
         times = []
@@ -42,33 +55,43 @@ class Watchdog:
             times.append(self._next_rss)
         return min(times) if times else None
 
-    def check(self, now: float) -> None:
-        hb_timeout = self.cfg.daemon.heartbeat_timeout
+    def verdicts(self, now: float) -> list[Verdict]:
+        """What is overdue at ``now``: pure, from the deadline table."""
+        hb_timeout = self.settings.cfg.daemon.heartbeat_timeout
+        out = []
         for w in self.workers.all():
             if w.kill_at is not None and now >= w.kill_at:
-                log.warning("worker %d pid %d ignored SIGTERM; SIGKILL", w.wid, w.pid)
-                self.workers.kill(w)
+                out.append(Verdict(w, None, False, "ignored SIGTERM"))
                 continue
             if w.kill_reason is not None:
                 continue
             job = w.job
             if job is not None and job.deadline is not None and now >= job.deadline:
-                log.warning("job %s exceeded its timeout of %.1fs on worker pid %d",
-                            job.job.id, job.job.timeout, w.pid)
-                self.workers.stop(w, KillReason.TIMEOUT)
+                out.append(Verdict(w, KillReason.TIMEOUT, True,
+                                   f"job {job.job.id} exceeded its timeout of "
+                                   f"{job.job.timeout:.1f}s"))
             elif job is not None and job.cancel_at is not None and now >= job.cancel_at:
-                log.warning("job %s did not stop within cancel_grace; killing pid %d",
-                            job.job.id, w.pid)
-                self.workers.stop(w, KillReason.CANCEL)
-            elif w.state != WorkerState.STARTING and now - w.last_beat > hb_timeout:
-                log.error("worker %d pid %d sent no heartbeat for %.1fs (hung or stopped); "
-                          "killing it", w.wid, w.pid, now - w.last_beat)
-                self.workers.kill(w, KillReason.HEARTBEAT)
-            elif w.state == WorkerState.STARTING and now - w.spawned > max(hb_timeout, 60.0):
-                log.error("worker %d pid %d did not become ready in time", w.wid, w.pid)
-                self.workers.kill(w, KillReason.HEARTBEAT)
+                out.append(Verdict(w, KillReason.CANCEL, True,
+                                   f"job {job.job.id} did not stop within cancel_grace"))
+            elif w.state is not WorkerState.STARTING and now - w.last_beat > hb_timeout:
+                out.append(Verdict(w, KillReason.HEARTBEAT, False,
+                                   f"no heartbeat for {now - w.last_beat:.1f}s (hung or "
+                                   "stopped)"))
+            elif w.state is WorkerState.STARTING and now - w.spawned > max(hb_timeout, 60.0):
+                out.append(Verdict(w, KillReason.HEARTBEAT, False, "not ready in time"))
+        return out
+
+    def check(self, now: float) -> None:
+        for v in self.verdicts(now):
+            w = v.worker
+            log.warning("worker %d pid %d: %s; %s", w.wid, w.pid, v.why,
+                        "SIGTERM" if v.polite else "SIGKILL")
+            if v.polite:
+                self.workers.stop(w, v.reason)
+            else:
+                self.workers.kill(w, v.reason)
         if now >= self._next_rss:
-            self._next_rss = now + self.cfg.daemon.rss_check_interval
+            self._next_rss = now + self.settings.cfg.daemon.rss_check_interval
             self.sample_rss()
 
     def sample_rss(self) -> None:
@@ -81,7 +104,7 @@ class Watchdog:
                 if w.kill_reason is not None:
                     continue
                 rss = self.rss(w)
-                self.metrics.rss.labels(pool.name, str(w.wid)).set(rss)
+                self.rss_gauge.labels(pool.name, str(w.wid)).set(rss)
                 if rss > limit:
                     log.error("worker %d pid %d uses %d bytes RSS, over max_rss %d; killing it",
                               w.wid, w.pid, rss, limit)
@@ -99,5 +122,3 @@ class Watchdog:
 
     def forget(self, pid: int) -> None:
         self._procs.pop(pid, None)
-
-

@@ -25,7 +25,7 @@ def set_parent_death_signal(sig: int, expected_parent: int | None = None) -> Non
 
 
 def main() -> None:
-    """``python -m supervisord.deathsig PARENT SIGNAL PROGRAM ARGS...``: exec, signal set."""
+    """``python -m supervisord.pool.deathsig PARENT SIGNAL PROGRAM ARGS...``: exec, signal set."""
     parent, sig, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     set_parent_death_signal(sig, parent)
     os.execv(argv[0], argv)

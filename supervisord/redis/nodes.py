@@ -15,7 +15,7 @@ import time
 import redis
 
 from supervisord.errors import ConfigError
-from supervisord.store import Store
+from supervisord.redis.store import Store
 
 log = logging.getLogger("jobsup.node")
 

@@ -81,7 +81,7 @@ class EmbeddedRedis:
         conf = self.dir / "redis.conf"
         conf.write_text(self._conf())
         os.chmod(conf, 0o600)
-        argv = [sys.executable, "-m", "supervisord.deathsig", str(os.getpid()),
+        argv = [sys.executable, "-m", "supervisord.pool.deathsig", str(os.getpid()),
                 str(int(signal.SIGTERM)), find_server(self.binary), str(conf)]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
                                      start_new_session=True)

@@ -17,8 +17,8 @@ from typing import Any
 import msgpack
 import redis
 
-from supervisord.keys import Keys
-from supervisord.redispipe import read_pipelined
+from supervisord.redis.keys import Keys
+from supervisord.redis.pipe import read_pipelined
 from supervisord.states import TERMINAL
 
 _RECORD_BLOBS = ("payload", "result", "error", "tags")
@@ -290,11 +290,35 @@ class Store:
         """Requeue every job ``node`` holds but ``keep``, without burning attempts."""
         return int(self.call("recover", [self.prefix, node, time.time(), reason, self.node, *keep]))
 
+    def job_type(self, job_id: str) -> str | None:
+        raw = self.r.hget(self.keys.job(job_id), "type")
+        return raw.decode() if raw else None
+
     def cancel(self, job_id: str, ttl: float) -> tuple[str, str]:
+        """Cancel a job: ('cancelled'|'running'|'held'|'missing'|status, lease or owner).
+
+        ``ttl`` is how long a cancelled record is kept.
+        """
         err = pack({"kind": "cancelled", "message": "cancelled on request", "traceback": None})
         reply = self.call("cancel", [self.prefix, job_id, time.time(), err, ttl, self.node])
         status = reply[0].decode()
         return status, (reply[1].decode() if len(reply) > 1 else "")
+
+    def cancel_requested(self, ids: list[str]) -> list[str]:
+        """Which of these jobs someone asked to cancel (through any node)."""
+        rows = read_pipelined(self.r, [("HGET", self.keys.job(i), "cancel_requested")
+                                       for i in ids])
+        return [i for i, flag in zip(ids, rows, strict=True) if flag == b"1"]
+
+    def health(self) -> dict:
+        """Round-trip latency and what INFO says, for ``status``."""
+        t0 = time.perf_counter()
+        self.r.ping()
+        latency = round((time.perf_counter() - t0) * 1000, 3)
+        info = self.r.info()
+        return {"latency_ms": latency, "version": info.get("redis_version"),
+                "used_memory": info.get("used_memory"),
+                "aof_enabled": bool(info.get("aof_enabled"))}
 
     def dead_letters(self, action: str, ids: list[str] | None = None) -> list[str]:
         """``retry`` (fresh attempts, history kept) or ``purge`` failed jobs; all if no ids."""

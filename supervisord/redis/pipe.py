@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import time
 from collections import deque
 from typing import Any
 
@@ -66,6 +67,7 @@ class RedisPipe:
         self.sock: socket.socket | None = None
         self.depth = depth
         self.inflight: deque[tuple[int, Any]] = deque()  # (replies expected, context)
+        self.sent_at: deque[float] = deque()  # monotonic time each write in flight went
         self.replies: deque[Any] = deque()  # parsed, not yet handed out
         self.buf = bytearray(1 << 16)
         self.reader: hiredis.Reader | None = None  # per connection: set by connect()
@@ -104,6 +106,7 @@ class RedisPipe:
             self.disconnect()
             raise redis.ConnectionError(f"writing to Redis: {exc}") from exc
         self.inflight.append((len(commands), context))
+        self.sent_at.append(time.monotonic())
 
     def receive(self) -> tuple[list[Any], Any]:
         """The oldest write's replies (errors as exception objects, in place); blocks
@@ -114,7 +117,16 @@ class RedisPipe:
         while len(self.replies) < expected:
             self._read()
         replies = [self.replies.popleft() for _ in range(expected)]
+        self.sent_at.popleft()
         return replies, self.inflight.popleft()[1]
+
+    def overdue(self, timeout: float, now: float) -> bool:
+        """The oldest write in flight has waited longer than ``timeout``: Redis is frozen
+        or cut off (a socket that never becomes readable never times out by itself)."""
+        return bool(self.sent_at) and now - self.sent_at[0] > timeout
+
+    def deadline(self, timeout: float) -> float | None:
+        return self.sent_at[0] + timeout if self.sent_at else None
 
     def _read(self) -> None:
         """One ``recv``: every reply it completes goes to ``replies``."""
@@ -144,6 +156,7 @@ class RedisPipe:
         """The contexts of every write still in flight, oldest first; forgets them."""
         contexts = self.contexts()
         self.inflight.clear()
+        self.sent_at.clear()
         return contexts
 
     def disconnect(self) -> None:

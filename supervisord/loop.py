@@ -1,0 +1,581 @@
+"""The master: builds the parts once, then one event loop, read top to bottom in ``run``.
+
+Each pass sleeps in ``poll`` until a socket, a pidfd, the signal pipe or a
+deadline needs it, handles what arrived, lets the watchdog act, hands queued
+jobs to idle workers, and writes the pass's transitions to Redis in one
+pipeline; replies, events and waiters follow the commit.  While it waits for
+Redis it waits on the Redis socket: it never spins.
+
+The parts own their state and get what they need passed in here; none of
+them holds the master.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import time
+
+import redis
+import zmq
+
+from supervisord import config as config_mod
+from supervisord.api import Api, Control
+from supervisord.config import Config
+from supervisord.errors import ConfigError, Unavailable
+from supervisord.events import Publisher
+from supervisord.ids import IdGenerator
+from supervisord.lifecycle import Lifecycle
+from supervisord.logs import Logs
+from supervisord.phase import PhaseMachine
+from supervisord.policies.circuit import GAUGE, Circuits
+from supervisord.pool import process
+from supervisord.pool.watchdog import Watchdog
+from supervisord.pool.workers import Workers
+from supervisord.redis.connect import connect
+from supervisord.redis.embedded import EmbeddedRedis
+from supervisord.redis.nodes import NodeRegistry
+from supervisord.redis.pipe import RedisPipe
+from supervisord.redis.store import Store
+from supervisord.results import Results
+from supervisord.scheduler import Scheduler
+from supervisord.security import secure_api
+from supervisord.settings import Settings
+from supervisord.shutdown import Shutdown
+from supervisord.signals import SignalReceiver
+from supervisord.sockets import bind
+from supervisord.states import Phase, WorkerState
+from supervisord.status import Sources, describe, queue_depths
+from supervisord.waiters import Waiters
+from supervisord.web.metrics import Metrics
+from supervisord.writer import Commit, Failure, Writer
+
+log = logging.getLogger("jobsup.master")
+
+_PROGRESS_EVERY = 0.2  # seconds between progress writes to Redis for one job
+_TIMERS = {"watchdog": 0.25, "reconcile": 0.1, "waiters": 0.1, "discover": 0.2, "slow": 1.0}
+
+
+class Poller:
+    """zmq.Poller over sockets and fds, tolerant of fds already gone."""
+
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+
+    def add(self, fd: int | zmq.Socket) -> None:
+        self.poller.register(fd, zmq.POLLIN)
+
+    def want_write(self, fd: int, on: bool) -> None:
+        self.poller.modify(fd, zmq.POLLIN | zmq.POLLOUT if on else zmq.POLLIN)
+
+    def remove(self, fd: int) -> None:
+        try:
+            self.poller.unregister(fd)
+        except KeyError:
+            pass
+
+    def poll(self, timeout_ms: int) -> dict:
+        return dict(self.poller.poll(timeout_ms))
+
+
+class Master:
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.phase = PhaseMachine()
+        self.exit_code = 0
+        self.started = time.time()
+        self.metrics = Metrics()
+        self.logs = Logs(cfg.daemon.log_file, cfg.daemon.log_level)
+        self.signals = SignalReceiver()
+        self.poller = Poller()
+        self.embedded: EmbeddedRedis | None = None
+        self.timers: dict[str, float] = {}
+        self._errors: list[float] = []
+        self._redis_fd: int | None = None
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.open()
+            while not self.phase.done:
+                try:
+                    self.run_pass()
+                except Exception:
+                    self.survive()
+        finally:
+            self.close()
+        return self.exit_code
+
+    def run_pass(self) -> None:
+        ready = self.poller.poll(self.poll_timeout())
+        self.read_workers(ready)
+        self.read_api(ready)
+        self.read_subscriptions(ready)
+        self.send_writes()  # results and submits go to Redis before older replies are read
+        self.read_redis(ready)
+        self.reap(ready)
+        self.handle_signals(ready)
+        self.tick()
+        if self.phase.running:
+            self.scheduler.dispatch()
+        self.send_writes()
+
+    def survive(self) -> None:
+        """A bug in one pass is logged and the daemon keeps serving; one that repeats
+        every pass would only spin, so then the daemon stops (jobs are recovered on
+        restart) and leaves the restart to systemd."""
+        log.exception("unexpected error in the master loop; continuing")
+        now = time.monotonic()
+        self._errors = [t for t in self._errors if t > now - 10.0] + [now]
+        if len(self._errors) > 20:
+            log.critical("the master loop failed %d times in 10 s; stopping", len(self._errors))
+            self.exit_code = 1
+            self.shutdown.begin(fast=True, why="repeated internal errors")
+            if not self.phase.done:
+                self.phase.to(Phase.DONE, "repeated internal errors")
+
+    def can_write(self) -> bool:
+        """There is something to send, and it may go now: then the pass must not sleep."""
+        w = self.writer
+        if not w.may_send():
+            return False
+        return bool(w.batch) or self.wants_jobs() or self.promote_due()
+
+    def wants_jobs(self) -> bool:
+        return (self.phase.running and self.writer.up and not self.writer.reserving()
+                and self.scheduler.eager())
+
+    def promote_due(self) -> bool:
+        due = self.scheduler.next_due
+        return bool(due) and time.time() >= due and not self.writer.reserving()
+
+    def poll_timeout(self) -> int:
+        """Sleep until the next deadline; 0 only when a write can go now."""
+        if self.can_write():
+            return 0
+        now = time.monotonic()
+        wake = [now + 1.0, *self.timers.values()]
+        for deadline in (self.watchdog.next_deadline(), self.writer.deadline()):
+            if deadline is not None:
+                wake.append(deadline)
+        if not self.writer.up:
+            wake.append(self.writer.retry_at)
+        wall = [t for t in (self.scheduler.next_due, self.jobs.next_start_write) if t]
+        if wall:
+            wake.append(now + max(0.0, min(wall) - time.time()))
+        if self.shutdown_pending():
+            wake.append(now + 0.01)
+        return max(0, int((min(wake) - now) * 1000) + 1)
+
+    def shutdown_pending(self) -> bool:
+        return not self.phase.running
+
+    # -- start and stop -----------------------------------------------------------------
+    def open(self) -> None:
+        cfg = self.cfg
+        cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.logs.setup()
+        settings = Settings.build(cfg)
+        self.signals.install()
+        process.become_subreaper()
+        url = cfg.redis.url
+        if url == "embedded":
+            self.embedded = EmbeddedRedis(cfg.state_path, cfg.redis.appendfsync,
+                                          cfg.redis.server_binary)
+            self.embedded.start()
+            url = self.embedded.url
+        self.store = Store(connect(url, cfg.redis), cfg.redis.prefix, settings.node)
+        self.nodes = NodeRegistry(self.store, cfg.daemon.node_ttl)
+        self.nodes.claim()
+        recovered = self.store.recover(settings.node, "interrupted")
+        if recovered:
+            log.warning("requeued %d job(s) this node held when it last stopped", recovered)
+        self.build(settings)
+        self.writer.ok()
+        self.metrics.redis_up.set(1)
+        self.metrics.serve(cfg.metrics.listen)
+        self.workers.reconcile(accepting=True)
+        # What start-up built (modules, config, schemas, scripts) lives as long as the
+        # daemon: keep the garbage collector from walking it again on every full pass.
+        gc.freeze()
+        log.info("jobsup node %s pid %d: api %s, events %s, %d pool(s)", settings.node,
+                 os.getpid(), cfg.api.endpoint, cfg.api.events, len(self.workers.pools))
+
+    def build(self, settings: Settings) -> None:
+        """Wire the parts: each gets what it needs, once."""
+        cfg, poller, m = settings.cfg, self.poller, self.metrics
+        self.zmq = zmq.Context()
+        self.api_sock = self.zmq.socket(zmq.ROUTER)
+        events_sock = self.zmq.socket(zmq.XPUB)
+        events_sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        secure_api(cfg.api, self.zmq, (self.api_sock, events_sock))
+        self.api_sock.setsockopt(zmq.LINGER, 500)
+        self.api_sock.setsockopt(zmq.MAXMSGSIZE, cfg.api.max_message)
+        events_sock.setsockopt(zmq.SNDHWM, 100_000)
+        bind(self.api_sock, cfg.api.endpoint)
+        bind(events_sock, cfg.api.events)
+        for sock in (self.api_sock, events_sock, self.signals.rfd):
+            poller.add(sock)
+        self.events = events = Publisher(events_sock)
+        self.writer = Writer(self.store, RedisPipe(self.store.r), settings, self.watch_redis)
+        self.workers = Workers(settings, poller, self.worker_changed)
+        self.watchdog = Watchdog(settings, self.workers, m.rss)
+        self.waiters = Waiters(self.store, self.reply, self.fail)
+        self.jobs = Lifecycle(settings, self.writer.batch, self.workers, events, m,
+                              self.waiters, queued=lambda t: self.scheduler.may_have_work(t),
+                              due=lambda t: self.scheduler.due(t))
+        self.scheduler = Scheduler(settings, self.workers, self.jobs)
+        self.circuits = Circuits(m.circuit, events.publish, self.scheduler.may_have_work)
+        self.results = Results(self.workers, self.jobs, self.scheduler, self.watchdog, events, m)
+        self.shutdown = Shutdown(self.phase, settings, self.workers, self.jobs,
+                                 self.scheduler, self.writer)
+        self.api = Api(self.api_sock, settings, self.store, IdGenerator(), self.phase,
+                       self.writer, self.scheduler, self.jobs, self.waiters,
+                       Control(self.shutdown.begin, self.reload, self.describe))
+        self.parts = (self.writer, self.workers, self.watchdog, self.jobs, self.scheduler,
+                      self.shutdown, self.api)
+        self.settings = settings
+        self.status_sources = Sources(
+            settings, self.phase, self.workers, self.scheduler, self.store,
+            redis_up=lambda: self.writer.up, embedded=self.embedded is not None,
+            metrics_port=lambda: m.port, topics=lambda: events.topics,
+            waiters=lambda: len(self.waiters), started=self.started)
+
+    def close(self) -> None:
+        if hasattr(self, "writer"):
+            try:
+                self.settle_writes()
+                self.nodes.release()
+            except redis.RedisError as exc:
+                log.warning("could not write the last transitions (%s); the next start "
+                            "recovers those jobs", exc)
+            for w in self.workers.all():
+                self.workers.kill(w)
+                w.child.popen.wait()
+                self.workers.forget(w)
+        if hasattr(self, "zmq"):
+            self.zmq.destroy(linger=200)
+        if self.embedded is not None:
+            self.embedded.stop()
+        self.signals.restore()
+        log.info("jobsup node %s stopped", self.cfg.daemon.node_id)
+
+    def settle_writes(self, timeout: float = 10.0) -> None:
+        """At exit: finish the writes in flight and send what is left, synchronously."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.writer.busy:
+                self.read_redis({}, block=True)
+            elif self.writer.batch and self.writer.up:
+                self.send_writes()
+            else:
+                return
+            if not self.writer.up:
+                return
+
+    # -- replies ----------------------------------------------------------------------
+    def reply(self, identity: bytes, rid, result) -> None:
+        self.api.reply(identity, rid, result)
+
+    def fail(self, identity: bytes, rid, exc) -> None:
+        self.api.fail(identity, rid, exc)
+
+    def describe(self) -> dict:
+        return describe(self.status_sources)
+
+    # -- input --------------------------------------------------------------------------
+    def read_api(self, ready: dict) -> None:
+        if self.api_sock not in ready:
+            return
+        for _ in range(2000):
+            try:
+                frames = self.api_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.api.handle(frames)
+            if not self.api_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return  # cheaper than the exception of one more recv
+
+    def read_subscriptions(self, ready: dict) -> None:
+        if self.events.sock in ready:
+            self.events.read_subscriptions()
+
+    def read_workers(self, ready: dict) -> None:
+        channels = self.workers.by_channel
+        for fd, events in ready.items():
+            if not isinstance(fd, int) or fd not in channels:
+                continue
+            w, chan = channels[fd]
+            if events & zmq.POLLOUT:
+                self.workers.writable(chan)
+            if events & zmq.POLLIN:
+                self.results.readable(w, chan)
+
+    def reap(self, ready: dict) -> None:
+        for fd in [fd for fd in ready if isinstance(fd, int) and fd in self.workers.by_pidfd]:
+            self.results.exited(self.workers.by_pidfd[fd])
+        if self.signals.child_exited:
+            self.signals.child_exited = False
+            known = {w.pid for w in self.workers.all()}
+            if self.embedded and self.embedded.proc:
+                known.add(self.embedded.proc.pid)
+            process.reap_orphans(known)
+
+    def handle_signals(self, ready: dict) -> None:
+        if self.signals.rfd not in ready:
+            return
+        for sig in self.signals.drain():
+            if sig == signal.SIGTERM:
+                self.shutdown.begin(fast=False, why="SIGTERM")
+            elif sig == signal.SIGINT:
+                self.shutdown.begin(fast=not self.phase.running, why="SIGINT")
+            elif sig == signal.SIGQUIT:
+                self.shutdown.begin(fast=True, why="SIGQUIT")
+            elif sig == signal.SIGHUP:
+                self.reload()
+            elif sig == signal.SIGUSR1:
+                self.logs.reopen()
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+                self.resize(1 if sig == signal.SIGTTIN else -1)
+
+    def worker_changed(self, w, old: WorkerState, why: str) -> None:
+        self.events.publish("worker", "worker", pid=w.pid, pool=w.pool, wid=w.wid,
+                            state=w.state.value, was=old.value, why=why)
+
+    # -- Redis ----------------------------------------------------------------------------
+    def watch_redis(self, fd: int | None) -> None:
+        if self._redis_fd is not None:
+            self.poller.remove(self._redis_fd)
+        self._redis_fd = fd
+        if fd is not None:
+            self.poller.add(fd)
+
+    def send_writes(self) -> None:
+        """Send the pass's writes, unless as many as may be are in flight.  A reservation
+        (and promotion) goes only when none is in flight, since how many jobs to take
+        depends on what the last one brought."""
+        if not self.can_write():
+            return
+        self.scheduler.submitted(self.writer.batch.submits)
+        wants = self.scheduler.wants() if self.wants_jobs() else {}
+        promote = 500 if self.promote_due() else 0
+        if not (self.writer.batch or wants or promote):
+            return
+        for failure in self.writer.send(wants, promote):
+            self.write_failed(failure)
+
+    def read_redis(self, ready: dict, block: bool = False) -> None:
+        for result in self.writer.overdue():
+            self.write_failed(result)
+        if not self.writer.busy or not (block or self._redis_fd in ready):
+            return
+        for result in self.writer.receive(block):
+            if isinstance(result, Commit):
+                self.commit(result)
+            else:
+                self.write_failed(result)
+
+    def write_failed(self, failure: Failure) -> None:
+        exc, taken = failure.error, failure.taken
+        self.redis_failed(exc)
+        for pending in taken.submits:
+            started = [job for job in pending.jobs if job.lease]
+            for job in started:  # it went straight to a worker: stop it, it was never stored
+                self.jobs.request_cancel(job.id, job.lease)
+            self.api.fail(pending.identity, pending.rid, Unavailable(
+                f"Redis write failed ({exc}); the job was NOT accepted" + (
+                    f" ({len(started)} had already started on a worker and were told to "
+                    "stop)" if started else "") + ". Resubmit; an idempotency key makes "
+                "resubmitting safe"))
+        self.writer.batch.put_back(taken)
+        self.writer.resync = True
+
+    def redis_failed(self, exc: Exception) -> None:
+        if isinstance(exc, redis.ResponseError) and self.writer.up:
+            log.critical("Redis rejected a jobsup script (a bug; please report it): %s", exc)
+        self.writer.failed(exc)
+        self.metrics.redis_up.set(0)
+
+    def commit(self, c: Commit) -> None:
+        """A write is in Redis: acknowledge its submits, run its effects, take the jobs
+        it reserved, and answer whoever waited for what it finished."""
+        self.writer.ok()
+        self.metrics.redis_up.set(1)
+        self.acknowledge(c.taken.submits, c.created)
+        for effect, flag in zip(c.taken.effects, c.applied.flags, strict=True):
+            if effect is not None:
+                try:
+                    effect(flag)
+                except Exception:
+                    log.exception("after-commit effect failed")
+        self.scheduler.take_reserved(c.wants, c.applied.reserved, c.applied.promoted,
+                                     self.phase.running)
+        if c.applied.next_due is not None:
+            self.scheduler.next_due = c.applied.next_due
+        for job_type, state in c.applied.circuit_changes:
+            policy = self.settings.policy(job_type)
+            self.circuits.changed(job_type, state, policy.circuit_breaker, policy.fallback)
+        try:
+            if self.writer.resync:
+                self.writer.resync = False
+                known = (*self.jobs.running, *self.scheduler.buffered_ids())
+                n = self.store.recover(self.settings.node, "resync", keep=known)
+                if n:
+                    log.warning("requeued %d job(s) whose hand-over reply Redis lost", n)
+            self.waiters.answer_ready(c.applied.records)
+        except redis.RedisError as exc:
+            self.redis_failed(exc)
+        if self.phase.running:
+            self.scheduler.dispatch()
+
+    def acknowledge(self, submits: list, created: list[tuple[str, bool]]) -> None:
+        at = 0
+        for pending in submits:
+            rows = created[at:at + len(pending.jobs)]
+            at += len(pending.jobs)
+            for job, (job_id, new) in zip(pending.jobs, rows, strict=True):
+                if new:
+                    self.metrics.submitted.labels(job.type).inc()
+                    self.events.state(job_id, job.status, attempt=1, type=job.type)
+                    if job.status == "scheduled":
+                        self.scheduler.due(job.run_at)
+            ids = [job_id for job_id, _ in rows]
+            if pending.wait:
+                # Submit-and-wait: the job is stored; the reply is its final record.
+                job_id, new = rows[0]
+                status = pending.jobs[0].status if new else self.store.status_of([job_id])[0]
+                self.api.wait_for(pending.identity, pending.rid, [job_id], [status], "records",
+                                  pending.wait_timeout)
+                continue
+            self.reply(pending.identity, pending.rid,
+                       ids if pending.many else {"id": ids[0], "new": rows[0][1]})
+
+    # -- timers -----------------------------------------------------------------------------
+    def due(self, name: str, now: float) -> bool:
+        if now < self.timers.get(name, 0.0):
+            return False
+        self.timers[name] = now + _TIMERS[name]
+        return True
+
+    def tick(self) -> None:
+        """Timers: cheap when nothing is due."""
+        jobs = self.jobs
+        if jobs.next_start_write is not None and time.time() >= jobs.next_start_write:
+            jobs.record_due_starts(time.time())
+        now = time.monotonic()
+        deadline = self.watchdog.next_deadline()
+        if (deadline is not None and now >= deadline) or self.due("watchdog", now):
+            self.watchdog.check(now)
+        if not self.phase.running:
+            self.shutdown.step(now)
+        elif self.due("reconcile", now) or self.results.changed:
+            self.results.changed = False
+            self.workers.reconcile(accepting=True)
+            self.check_startable()
+        for run in jobs.running.values():
+            if run.progress is not None and now - run.progress_written >= _PROGRESS_EVERY:
+                jobs.write_progress(run)
+        if self.due("waiters", now):
+            self.waiters.expire(now)
+        if self.due("discover", now):
+            self.scheduler.discover()
+        if self.due("slow", now):
+            self.slow_tick(now)
+
+    def slow_tick(self, now: float) -> None:
+        """Once a second: gauges, other nodes, retention, remote cancels and waits."""
+        self.update_gauges(now)
+        if not self.writer.up and now < self.writer.retry_at:
+            return
+        try:
+            self.nodes.beat()
+            self.waiters.recheck(self.jobs.running)
+            held = [*self.jobs.running, *self.scheduler.buffered_ids(),
+                    *(r.job.id for w in self.workers.all() for r in w.ahead)]
+            for job_id in self.store.cancel_requested(held) if held else ():
+                self.scheduler.cancel(job_id)
+            if self.due_every("janitor", 5.0, now):
+                self.store.expire()
+            if self.due_every("lost", self.settings.cfg.daemon.node_ttl / 2, now):
+                self.nodes.recover_lost()
+            self.writer.ok()
+        except redis.RedisError as exc:
+            self.redis_failed(exc)
+
+    def due_every(self, name: str, every: float, now: float) -> bool:
+        if now < self.timers.get(name, 0.0):
+            return False
+        self.timers[name] = now + every
+        return True
+
+    def update_gauges(self, now: float) -> None:
+        m = self.metrics
+        for pool in self.workers.pools.values():
+            counts = {s: 0 for s in WorkerState}
+            for w in pool.workers.values():
+                counts[w.state] += 1
+            for state, n in counts.items():
+                m.workers.labels(pool.name, state.value).set(n)
+            m.running.labels(pool.name).set(len(pool.busy()))
+            m.degraded.labels(pool.name).set(1 if pool.degraded(now) else 0)
+        if self.writer.up:
+            try:
+                for name, depth in queue_depths(self.store, self.settings,
+                                                self.scheduler).items():
+                    m.queue_depth.labels(name).set(depth)
+                for c in self.store.circuits(sorted(self.settings.breakers)):
+                    m.circuit.labels(c["type"]).set(GAUGE[c["state"]])
+                m.dead_letters.set(self.store.dead_letter_count())
+            except redis.RedisError as exc:
+                self.redis_failed(exc)
+        m.redis_up.set(1 if self.writer.up else 0)
+
+    def check_startable(self) -> None:
+        """If no pool can start a single worker, say so and stop instead of spinning."""
+        pools = [p for p in self.workers.pools.values() if p.target > 0]
+        if pools and all(not p.ever_ready and p.init_failures >= 3 for p in pools):
+            log.critical("no worker of any pool could start (see the errors above: usually a "
+                         "handler or init module that does not import); exiting")
+            self.exit_code = 1
+            self.shutdown.begin(fast=True, why="no worker can start")
+
+    # -- control ----------------------------------------------------------------------------
+    def reload(self) -> list[dict]:
+        """Re-read the config file; an invalid one keeps the running settings."""
+        self.results.changed = True
+        if not self.config_path:
+            log.warning("reload: running on built-in defaults, no config file to re-read")
+            return []
+        old = self.settings.cfg
+        try:
+            new = config_mod.load(self.config_path)
+            for name in ("redis", "api", "metrics"):
+                if getattr(new, name) != getattr(old, name):
+                    log.warning("reload: [%s] changed; that takes a restart", name)
+            new = new.model_copy(update={
+                "redis": old.redis, "api": old.api, "metrics": old.metrics,
+                "daemon": new.daemon.model_copy(update={
+                    "node_id": old.daemon.node_id, "state_dir": old.daemon.state_dir})})
+            settings = Settings.build(new)
+        except ConfigError as exc:
+            for err in exc.errors:
+                log.error("reload: %s: %s: %s", self.config_path, err["loc"], err["msg"])
+            log.error("reload: %s is invalid; keeping the running config", self.config_path)
+            return exc.errors
+        self.settings = self.status_sources.settings = settings
+        for part in self.parts:
+            part.configure(settings)
+        self.logs.level = getattr(logging, new.daemon.log_level.upper())
+        logging.getLogger().setLevel(self.logs.level)
+        log.info("reload: config %s applied (%s)", self.config_path,
+                 ", ".join(f"{p.name}={p.target}" for p in self.workers.pools.values()))
+        return []
+
+    def resize(self, delta: int) -> None:
+        self.results.changed = True
+        self.workers.resize(delta)
+        log.info("pool sizes now %s",
+                 ", ".join(f"{p.name}={p.target}" for p in self.workers.pools.values()))

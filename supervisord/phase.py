@@ -1,0 +1,42 @@
+"""The daemon's phase, as a guarded state machine: running → draining → stopping → done.
+
+Only ``Phase.to`` moves it: a move the table does not allow is a bug and
+raises; every move is logged.  ``done`` may be reached from anywhere (the loop
+gives up after repeated internal errors).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from supervisord.errors import InvalidTransition
+from supervisord.states import Phase
+
+log = logging.getLogger("jobsup.master")
+
+_MOVES = {
+    Phase.RUNNING: frozenset({Phase.DRAINING, Phase.DONE}),
+    Phase.DRAINING: frozenset({Phase.STOPPING, Phase.DONE}),
+    Phase.STOPPING: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+
+class PhaseMachine:
+    def __init__(self) -> None:
+        self.now = Phase.RUNNING
+
+    @property
+    def running(self) -> bool:
+        """Taking submits and dispatching."""
+        return self.now is Phase.RUNNING
+
+    @property
+    def done(self) -> bool:
+        return self.now is Phase.DONE
+
+    def to(self, new: Phase, why: str) -> None:
+        if new not in _MOVES[self.now]:
+            raise InvalidTransition(f"daemon phase {self.now} -> {new} ({why})")
+        log.info("phase %s -> %s (%s)", self.now, new, why)
+        self.now = new

@@ -1,0 +1,211 @@
+"""The pass's batch and the Redis writes in flight: send, receive, outage state.
+
+``Writer.send`` takes the pass's submits and transitions (plus the
+reservation the scheduler asks for) and writes them as one pipeline, unless
+as many writes as may be are in flight; ``receive`` reads replies, oldest
+first, once the connection's fd is readable, and hands each commit or failure
+back to the loop.  A write Redis refused for want of its scripts is sent again
+(the one NOSCRIPT path is in ``redis.store``).  A failed write's transitions go
+back at the front of the batch for the next try.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from supervisord.clock import SYSTEM, Clock
+from supervisord.redis.pipe import RedisPipe
+from supervisord.redis.store import Applied, NewJob, Op, Store
+from supervisord.settings import Settings
+
+log = logging.getLogger("jobsup.writer")
+
+Effect = Callable[[str], None]
+Wants = dict[str, tuple[int, list[str]]]  # pool -> (how many, the types to look in)
+
+
+@dataclass(eq=False)
+class PendingSubmit:
+    """New jobs waiting for the pass's Redis write, and whom to answer after it."""
+
+    jobs: list[NewJob]
+    identity: bytes
+    rid: Any
+    many: bool
+    wait: bool = False
+    wait_timeout: float | None = None
+
+
+@dataclass
+class Batch:
+    """One loop pass of pending writes: submits, and ops with their after-commit effects."""
+
+    submits: list[PendingSubmit] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    effects: list[Effect | None] = field(default_factory=list)
+
+    def add(self, op: Op, effect: Effect | None = None) -> None:
+        self.ops.append(op)
+        self.effects.append(effect)
+
+    def __bool__(self) -> bool:
+        return bool(self.submits or self.ops)
+
+    def take(self) -> Batch:
+        taken = Batch(self.submits, self.ops, self.effects)
+        self.submits, self.ops, self.effects = [], [], []
+        return taken
+
+    def put_back(self, taken: Batch, submits: bool = False) -> None:
+        """Keep a pass's transitions after Redis failed, ahead of newer ones."""
+        self.ops[:0] = taken.ops
+        self.effects[:0] = taken.effects
+        if submits:
+            self.submits[:0] = taken.submits
+
+
+@dataclass
+class Commit:
+    taken: Batch
+    wants: Wants
+    created: list[tuple[str, bool]]
+    applied: Applied
+
+
+@dataclass
+class Failure:
+    taken: Batch
+    error: Exception
+
+
+class Writer:
+    def __init__(self, store: Store, pipe: RedisPipe, settings: Settings,
+                 watch_fd: Callable[[int | None], None], clock: Clock = SYSTEM) -> None:
+        self.store = store
+        self.pipe = pipe
+        self.settings = settings
+        self.watch_fd = watch_fd  # the loop polls this fd for replies
+        self.clock = clock
+        self.batch = Batch()
+        self.up = False
+        self.retry_at = 0.0
+        self.resync = False  # replies were lost: jobs may be held that we never heard of
+        self._seen = False
+        self._fd: int | None = None
+
+    def configure(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- state --------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.pipe.busy
+
+    def may_send(self) -> bool:
+        return not self.pipe.full and (self.up or self.clock.monotonic() >= self.retry_at)
+
+    def reserving(self) -> bool:
+        """A reservation is in flight (how many to take next depends on its reply)."""
+        return any(wants for wants, _ in self.pipe.contexts())
+
+    def ok(self) -> None:
+        if not self.up:
+            if self._seen:
+                log.warning("Redis is reachable again")
+            self._seen = True
+            self.up = True
+
+    def failed(self, exc: Exception) -> None:
+        """Redis is unreachable (a timeout or a broken connection)."""
+        if self.up:
+            log.error("Redis is unreachable (%s); holding %d transition(s) and refusing "
+                      "submits until it is back", exc, len(self.batch.ops))
+        self.up = False
+        self.retry_at = self.clock.monotonic() + self.settings.cfg.redis.retry_interval
+
+    # -- writing ------------------------------------------------------------------
+    def send(self, wants: Wants, promote: int) -> list[Failure]:
+        """Write the batch (and the reservation); returns the write if it failed at once."""
+        taken = self.batch.take()
+        jobs = [job for pending in taken.submits for job in pending.jobs]
+        s = self.settings
+        try:
+            self.pipe.send(self.store.write_commands(jobs, taken.ops, wants, promote,
+                                                     self.clock.time(), s.routes, s.breakers),
+                           (wants, (taken, bool(jobs))))
+        except redis.RedisError as exc:
+            return [Failure(taken, exc), *self.lose(exc)]
+        fd = self.pipe.fileno()
+        if fd != self._fd:
+            self._fd = fd
+            self.watch_fd(fd)
+        return []
+
+    def receive(self, block: bool = False) -> list[Commit | Failure]:
+        """Replies of writes in flight, oldest first: what each came to."""
+        out: list[Commit | Failure] = []
+        while self.pipe.busy:
+            try:
+                replies, (wants, (taken, had_submits)) = self.pipe.receive()
+            except redis.RedisError as exc:
+                return out + self.lose(exc)
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self.store.load_scripts()  # Redis restarted empty-handed: send again
+                self.resend(taken, out)
+                return out
+            try:
+                created, applied = self.store.parse_write(replies, had_submits, taken.ops)
+            except redis.RedisError as exc:
+                out.append(Failure(taken, exc))
+                continue
+            out.append(Commit(taken, wants, created, applied))
+            if not (block or self.pipe.more()):
+                break
+        return out
+
+    def resend(self, taken: Batch, out: list[Commit | Failure]) -> None:
+        """Put back a write Redis refused for want of its scripts, with those behind it
+        (sent with the same scripts), in order."""
+        again = [taken]
+        while self.pipe.busy:
+            try:
+                replies, (wants, (later, had_submits)) = self.pipe.receive()
+            except redis.RedisError as exc:
+                for batch in reversed(again):
+                    self.batch.put_back(batch, submits=True)
+                out.extend(self.lose(exc))
+                return
+            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                again.append(later)
+            else:
+                out.append(Commit(later, wants,
+                                  *self.store.parse_write(replies, had_submits, later.ops)))
+        for batch in reversed(again):
+            self.batch.put_back(batch, submits=True)
+
+    def overdue(self) -> list[Failure]:
+        """Writes in flight past ``redis.socket_timeout``: Redis is frozen or cut off, so
+        give them up as failed (their submits get ``Unavailable``; transitions retry)."""
+        timeout = self.settings.cfg.redis.socket_timeout
+        if not self.pipe.overdue(timeout, self.clock.monotonic()):
+            return []
+        self.pipe.disconnect()
+        return self.lose(redis.TimeoutError(
+            f"Redis did not answer within redis.socket_timeout ({timeout:g}s)"))
+
+    def deadline(self) -> float | None:
+        """When the oldest write in flight becomes overdue (monotonic)."""
+        return self.pipe.deadline(self.settings.cfg.redis.socket_timeout)
+
+    def lose(self, exc: Exception) -> list[Failure]:
+        """The connection failed: every write in flight is lost, and kept for a retry."""
+        if self._fd is not None:
+            self._fd = None
+            self.watch_fd(None)
+        # Newest first: each goes back to the front of the batch, so the oldest ends first.
+        return [Failure(taken, exc) for _, (taken, _) in reversed(self.pipe.abandon())]

@@ -1,0 +1,246 @@
+"""The parts' state logic, unit-tested with a fake clock: no process, socket or Redis.
+
+These complement the end-to-end tests (which run the real thing): the worker
+and phase state machines, restart intensity, the watchdog's deadline table,
+the scheduler's hot-type marks, and the waiters' bounds.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from supervisord.clock import FakeClock
+from supervisord.config import validate
+from supervisord.errors import InvalidTransition, Unavailable
+from supervisord.phase import PhaseMachine
+from supervisord.pool.watchdog import Watchdog
+from supervisord.pool.workers import Running, WorkerHandle, Workers
+from supervisord.redis.store import Reserved
+from supervisord.scheduler import Scheduler
+from supervisord.settings import Settings
+from supervisord.states import KillReason, Phase, WorkerState
+from supervisord.waiters import Waiters
+
+
+class NoPoller:
+    """The pool's view of the poller, for workers that have no fds."""
+
+    def add(self, fd: int) -> None: ...
+
+    def want_write(self, fd: int, on: bool) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
+
+
+def settings(**daemon) -> Settings:
+    return Settings.build(validate({
+        "daemon": {"node_id": "n1", **daemon},
+        "pools": [{"name": "cpu", "workers": 2, "max_restarts": 2, "restart_window": 10}],
+        "jobs": {"a": {"handler": "examples.demo:noop", "pool": "cpu"},
+                 "b": {"handler": "examples.demo:noop", "pool": "cpu"}},
+    }))
+
+
+def handle(workers: Workers, wid: int, clock: FakeClock) -> WorkerHandle:
+    w = WorkerHandle(wid=wid, pool="cpu", slot=wid, child=SimpleNamespace(pid=1000 + wid),
+                     gpu=None, generation=0, chan=None, control=None,
+                     spawned=clock.monotonic(), last_beat=clock.monotonic())
+    workers.pools["cpu"].workers[wid] = w
+    workers.by_wid[wid] = w
+    return w
+
+
+def reserved(job_id: str, timeout: float = 0.0) -> Reserved:
+    return Reserved(pool="cpu", id=job_id, token=f"n1|{job_id}", type="a", payload=b"",
+                    attempt=1, max_attempts=3, timeout=timeout, crashes=0, priority=0,
+                    created_at=0.0, run_at=0.0, rate_limited=0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def workers(clock: FakeClock) -> Workers:
+    changes: list = []
+    ws = Workers(settings(), NoPoller(), lambda w, old, why: changes.append((old, w.state)),
+                 clock=clock)
+    ws.changes = changes
+    return ws
+
+
+# -- the worker state machine -------------------------------------------------------------
+
+def test_worker_moves_through_its_states_and_reports_each(workers, clock):
+    w = handle(workers, 1, clock)
+    workers.ready(w)
+    run = Running(job=reserved("j1"), worker=w, started=0.0, deadline=None)
+    workers.take(w, run)
+    assert w.state is WorkerState.BUSY and workers.pools["cpu"].idle() == []
+    assert workers.free(w) is None
+    assert w.state is WorkerState.IDLE and workers.pools["cpu"].idle() == [w]
+    assert workers.changes == [(WorkerState.STARTING, WorkerState.IDLE),
+                               (WorkerState.IDLE, WorkerState.BUSY),
+                               (WorkerState.BUSY, WorkerState.IDLE)]
+
+
+def test_worker_refuses_a_move_the_table_does_not_allow(workers, clock):
+    w = handle(workers, 1, clock)
+    with pytest.raises(InvalidTransition):
+        workers.take(w, Running(job=reserved("j1"), worker=w, started=0.0, deadline=None))
+    w.state = WorkerState.STOPPING
+    with pytest.raises(InvalidTransition):
+        workers.ready(w)
+
+
+def test_a_worker_due_to_leave_is_never_idle(workers, clock):
+    w = handle(workers, 1, clock)
+    workers.ready(w)
+    workers.take(w, Running(job=reserved("j1"), worker=w, started=0.0, deadline=None))
+    w.leave = KillReason.RETIRE
+    w.chan = SimpleNamespace(pending=False, post=lambda msg: None, fileno=lambda: -1)
+    assert workers.free(w) is None
+    assert w.state is WorkerState.STOPPING and w.kill_reason is KillReason.RETIRE
+    assert w.kill_at == clock.monotonic() + workers.settings.cfg.daemon.kill_grace
+    assert workers.pools["cpu"].idle() == []
+
+
+def test_recycled_after_max_jobs(clock):
+    s = Settings.build(validate({"pools": [{"name": "cpu", "workers": 1,
+                                            "max_jobs_per_worker": 2}],
+                                 "jobs": {"a": {"handler": "examples.demo:noop",
+                                                "pool": "cpu"}}}))
+    ws = Workers(s, NoPoller(), clock=clock)
+    w = handle(ws, 1, clock)
+    w.chan = SimpleNamespace(pending=False, post=lambda msg: None, fileno=lambda: -1)
+    ws.ready(w)
+    for n in (1, 2):
+        ws.take(w, Running(job=reserved(f"j{n}"), worker=w, started=0.0, deadline=None))
+        ws.free(w)
+    assert w.state is WorkerState.STOPPING and w.kill_reason is KillReason.RECYCLE
+
+
+# -- restart intensity ----------------------------------------------------------------------
+
+def test_restart_backoff_grows_then_calms(workers, clock):
+    pool = workers.pools["cpu"]
+    delays = []
+    for _ in range(5):
+        delays.append(pool.note_death(clock.monotonic()))
+        clock.advance(0.1)
+    assert delays == [0.0, 0.0, 0.5, 1.0, 2.0]
+    assert pool.degraded(clock.monotonic())
+    clock.advance(11)
+    assert not pool.degraded(clock.monotonic())
+    assert pool.note_death(clock.monotonic()) == 0.0  # calm again: starts small
+
+
+# -- the phase machine ------------------------------------------------------------------------
+
+def test_phase_moves_down_only():
+    p = PhaseMachine()
+    assert p.running
+    p.to(Phase.DRAINING, "SIGTERM")
+    with pytest.raises(InvalidTransition):
+        p.to(Phase.RUNNING, "no way back")
+    p.to(Phase.STOPPING, "drained")
+    p.to(Phase.DONE, "stopped")
+    assert p.done
+    with pytest.raises(InvalidTransition):
+        p.to(Phase.STOPPING, "after done")
+
+
+# -- the watchdog's deadline table --------------------------------------------------------------
+
+def test_watchdog_verdicts_follow_the_clock(workers, clock):
+    dog = Watchdog(workers.settings, workers, rss_gauge=None)
+    w1, w2, w3 = (handle(workers, n, clock) for n in (1, 2, 3))
+    for w in (w1, w2, w3):
+        workers.ready(w)
+    workers.take(w1, Running(job=reserved("slow", timeout=5), worker=w1, started=0.0,
+                             deadline=clock.monotonic() + 5))
+    workers.take(w2, Running(job=reserved("cancelled"), worker=w2, started=0.0,
+                             deadline=None, cancel_at=clock.monotonic() + 2))
+    assert dog.verdicts(clock.monotonic()) == []
+    assert dog.next_deadline() == clock.monotonic() + 2
+    clock.advance(2.5)
+    assert [(v.worker, v.reason) for v in dog.verdicts(clock.monotonic())] == [
+        (w2, KillReason.CANCEL)]
+    clock.advance(3)
+    assert {(v.worker.wid, v.reason) for v in dog.verdicts(clock.monotonic())} == {
+        (1, KillReason.TIMEOUT), (2, KillReason.CANCEL)}
+    # Silent past heartbeat_timeout (30 s by default): the idle worker too.
+    clock.advance(30)
+    w1.last_beat = w2.last_beat = clock.monotonic()
+    assert [(v.worker, v.reason) for v in dog.verdicts(clock.monotonic())][-1] == (
+        w3, KillReason.HEARTBEAT)
+
+
+def test_watchdog_escalates_an_ignored_sigterm(workers, clock):
+    dog = Watchdog(workers.settings, workers, rss_gauge=None)
+    w = handle(workers, 1, clock)
+    workers.change(w, WorkerState.STOPPING, "test")
+    w.kill_reason, w.kill_at = KillReason.TIMEOUT, clock.monotonic() + 5
+    assert dog.verdicts(clock.monotonic()) == []
+    clock.advance(5)
+    [v] = dog.verdicts(clock.monotonic())
+    assert v.reason is None and not v.polite
+
+
+# -- the scheduler's hot types --------------------------------------------------------------------
+
+def test_a_type_marked_after_a_short_reservation_was_sent_stays_hot(workers, clock):
+    """A submit written behind a reservation that came back short must still be looked
+    for at once, not at the next discovery tick (the 200 ms stall)."""
+    sched = Scheduler(workers.settings, workers, jobs=None)
+    w = handle(workers, 1, clock)
+    workers.ready(w)
+    sched.may_have_work("a")
+    wants = sched.wants()
+    assert wants == {"cpu": (wants["cpu"][0], ["a"])}
+    sched.may_have_work("a")  # a submit of "a" after the reservation went
+    sched.take_reserved(wants, [], [], accepting=True)
+    assert "a" in sched.queue("cpu").hot
+    wants = sched.wants()
+    sched.take_reserved(wants, [], [], accepting=True)  # short, nothing marked since
+    assert sched.queue("cpu").hot == {}
+    assert sched.want(workers.pools["cpu"]) == 0
+
+
+def test_held_jobs_count_as_waiting(workers, clock):
+    sched = Scheduler(workers.settings, workers, jobs=None)
+    sched.queue("cpu").buffer.extend([reserved("j1"), reserved("j2")])
+    w = handle(workers, 1, clock)
+    w.ahead.append(Running(job=reserved("j3"), worker=w, started=0.0, deadline=None))
+    assert sched.held("cpu") == 3
+
+
+# -- waiters ------------------------------------------------------------------------------------
+
+def test_waiters_are_bounded_per_client_and_dropped_when_it_goes():
+    answered: list = []
+    waiters = Waiters(store=None, reply=lambda *a: answered.append(a),
+                      fail=lambda *a: answered.append(a), per_client=3, in_all=5)
+    for n in range(3):
+        waiters.wait(b"c1", n, [f"j{n}"], ["running"], "records", None)
+    with pytest.raises(Unavailable, match="too many waits"):
+        waiters.wait(b"c1", 9, ["j9"], ["running"], "records", None)
+    waiters.wait(b"c2", 1, ["j0"], ["queued"], "records", None)
+    assert len(waiters) == 4
+    assert waiters.gone(b"c1") == 3
+    assert len(waiters) == 1 and set(waiters.by_job) == {"j0"}
+    waiters.finished("j0")
+    assert [w.identity for w in waiters.ready] == [b"c2"] and len(waiters) == 0
+
+
+def test_waiters_expire_on_the_given_clock():
+    failed: list = []
+    waiters = Waiters(store=None, reply=lambda *a: None, fail=lambda *a: failed.append(a))
+    waiters.wait(b"c1", 1, ["j1", "j2"], ["running", "queued"], "records", deadline=10.0)
+    waiters.expire(9.9)
+    assert failed == []
+    waiters.expire(10.0)
+    assert failed[0][:2] == (b"c1", 1) and len(waiters) == 0 and waiters.by_job == {}
