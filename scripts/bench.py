@@ -4,7 +4,9 @@ Run through ``scripts/bench`` (which sets up the virtualenv).  Every figure is
 measured against a real daemon with its embedded Redis (AOF, appendfsync
 everysec) and 2 workers, on whatever machine runs it; ``--compare`` runs the
 same workloads on Celery, RQ and Dramatiq in the same run and prints them
-side by side.
+side by side.  ``--tcp`` puts the daemon's API on TCP loopback (the default
+config's transport) instead of a unix socket; ``--polls`` also counts the
+master's poll system calls per job under strace (slow: extra runs).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,11 +32,25 @@ sys.path.insert(0, str(ROOT))
 
 from supervisord.client import Client  # noqa: E402
 
+SLOW_MS = 20.0  # a round trip longer than this is an outlier, listed by index
+_POLLS = ("poll", "ppoll", "epoll_wait", "epoll_pwait")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 class Daemon:
-    def __init__(self, workdir: Path, workers: int = 2) -> None:
+    def __init__(self, workdir: Path, workers: int = 2, tcp: bool = False) -> None:
         self.dir = workdir
-        self.endpoint = f"ipc://{workdir}/api.sock"
+        if tcp:
+            self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
+            self.events = f"tcp://127.0.0.1:{_free_port()}"
+        else:
+            self.endpoint = f"ipc://{workdir}/api.sock"
+            self.events = f"ipc://{workdir}/events.sock"
         self.workers = workers
         self.proc: subprocess.Popen | None = None
 
@@ -48,7 +66,7 @@ url = "embedded"
 appendfsync = "everysec"
 [api]
 endpoint = "{self.endpoint}"
-events = "ipc://{self.dir}/events.sock"
+events = "{self.events}"
 [metrics]
 listen = ""
 [[pools]]
@@ -119,14 +137,104 @@ def throughput_single(c: Client, n: int, job_type: str = "noop") -> float:
     return n / elapsed
 
 
-def latency(c: Client, n: int, job_type: str = "noop") -> tuple[float, float]:
+def latency(c: Client, n: int, job_type: str = "noop") -> dict:
+    """Sequential round trips: p50, p99 and max (ms), and those over SLOW_MS by index."""
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
         c.run(job_type, wait_timeout=30)  # submit and wait in one request
         samples.append(time.perf_counter() - t0)
+    slow = [[i, round(s * 1000, 2)] for i, s in enumerate(samples) if s * 1000 > SLOW_MS]
     samples.sort()
-    return samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99) - 1] * 1000
+    return {"latency_p50_ms": samples[len(samples) // 2] * 1000,
+            "latency_p99_ms": samples[int(len(samples) * 0.99) - 1] * 1000,
+            "latency_max_ms": samples[-1] * 1000,
+            "latency_over_20ms": len(slow), "latency_slow": slow}
+
+
+class Meter:
+    """The master's CPU time (utime+stime, all threads) and voluntary context switches
+    (all threads: each is a poll, or another wait, that blocked) across a workload."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.ok = Path(f"/proc/{pid}/stat").exists()  # Linux
+
+    def sample(self) -> tuple[float, int]:
+        stat = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        cpu = (int(stat[11]) + int(stat[12])) / self.tick  # fields 14 and 15
+        switches = 0
+        for status in Path(f"/proc/{self.pid}/task").glob("*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue  # a thread that just ended
+            for line in text.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    switches += int(line.split()[1])
+        return cpu, switches
+
+    def around(self, out: dict, name: str, n: int, work, *args):
+        """Run work(*args); put the master's CPU µs and context switches per job in out."""
+        if not self.ok:
+            return work(*args)
+        cpu0, sw0 = self.sample()
+        result = work(*args)
+        cpu1, sw1 = self.sample()
+        out[f"master_cpu_us_per_job_{name}"] = (cpu1 - cpu0) / n * 1e6
+        out[f"master_vcsw_per_job_{name}"] = (sw1 - sw0) / n
+        return result
+
+
+def strace_polls(pid: int, n: int, log: Path, work, *args) -> dict | None:
+    """The master's poll system calls per job (all threads) while work(*args) runs
+    under ``strace -f -c``, by call; None without strace or where it cannot attach.
+    strace stops the master at every system call, so the run itself is slower."""
+    strace = shutil.which("strace") or ("/usr/bin/strace" if os.path.exists("/usr/bin/strace")
+                                        else None)
+    if strace is None:
+        return None
+    summary = log.with_suffix(".summary")
+    with open(log, "wb") as err:
+        tracer = subprocess.Popen([strace, "-f", "-c", "-e", "trace=" + ",".join(_POLLS),
+                                   "-o", str(summary), "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and tracer.poll() is None:
+        tasks = list(Path(f"/proc/{pid}/task").glob("*/status"))
+        if tasks and all(_tracer_of(t) == tracer.pid for t in tasks):
+            break
+        time.sleep(0.02)
+    else:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        print(f"# strace could not attach to the master (see {log})", file=sys.stderr)
+        return None
+    try:
+        work(*args)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    if not summary.exists():
+        return None
+    calls = {}
+    for line in summary.read_text().splitlines():
+        cells = line.split()
+        if len(cells) >= 5 and cells[-1] in _POLLS and cells[3].isdigit():
+            calls[cells[-1]] = int(cells[3]) / n
+    return calls
+
+
+def _tracer_of(status: Path) -> int:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def delay_lag(c: Client, n: int = 20) -> tuple[float, float]:
@@ -168,9 +276,9 @@ def kill_rerun(c: Client, repeats: int) -> tuple[float, float]:
     return statistics.median(reruns), statistics.median(ready) if ready else float("nan")
 
 
-def restart_backlog(workdir: Path, n: int) -> float:
+def restart_backlog(workdir: Path, n: int, tcp: bool = False) -> float:
     """Start a master over n queued jobs; seconds until the first result."""
-    d = Daemon(workdir / "restart")
+    d = Daemon(workdir / "restart", tcp=tcp)
     d.dir.mkdir(parents=True, exist_ok=True)
     d.start(workers=0, wait_workers=False)
     with Client(d.endpoint) as c:
@@ -189,17 +297,26 @@ def measure(work: Path, job_type: str, system: str, args: argparse.Namespace,
             recovery: bool) -> dict:
     """The throughput and latency workloads on one job type, in a fresh daemon, so that
     no run pays for another's data (index sizes, AOF rewrites)."""
-    d = Daemon(work / job_type)
+    d = Daemon(work / job_type, tcp=args.tcp)
     d.dir.mkdir(parents=True)
     d.start()
     try:
         with Client(d.endpoint, timeout=60) as c:
             c.wait_many(c.submit_many(job_type, [None] * 200), timeout=60)  # warm up
             out = {"system": system, "version": "0.1.0"}
-            out["throughput_bulk_jobs_s"] = throughput_bulk(c, args.jobs, job_type)
-            out["throughput_jobs_s"] = throughput_single(c, args.jobs, job_type)
-            out["latency_p50_ms"], out["latency_p99_ms"] = latency(c, args.latency_jobs,
-                                                                   job_type)
+            meter = Meter(c.ping()["pid"])
+            out["throughput_bulk_jobs_s"] = meter.around(out, "bulk", args.jobs,
+                                                         throughput_bulk, c, args.jobs, job_type)
+            out["throughput_jobs_s"] = meter.around(out, "single", args.jobs,
+                                                    throughput_single, c, args.jobs, job_type)
+            out.update(meter.around(out, "roundtrip", args.latency_jobs,
+                                    latency, c, args.latency_jobs, job_type))
+            if args.polls:  # after the timed runs, which strace would slow
+                for name, n, work in (("bulk", args.jobs, throughput_bulk),
+                                      ("single", args.jobs, throughput_single),
+                                      ("roundtrip", args.latency_jobs, latency)):
+                    out[f"master_polls_per_job_{name}"] = strace_polls(
+                        meter.pid, n, d.dir / f"strace-{name}.log", work, c, n, job_type)
             if recovery:
                 out["kill_rerun_ms"], out["replacement_ready_ms"] = kill_rerun(c, args.kills)
                 out["delay_lag_p50_ms"], out["delay_lag_max_ms"] = delay_lag(c)
@@ -208,12 +325,34 @@ def measure(work: Path, job_type: str, system: str, args: argparse.Namespace,
     return out
 
 
+def latency_only(args: argparse.Namespace) -> dict:
+    """Round trips alone, in a fresh daemon: p50/p99/max, outliers, the master's cost."""
+    with tempfile.TemporaryDirectory(prefix="jobsup-bench-", dir="/tmp") as tmp:
+        d = Daemon(Path(tmp) / "noop", tcp=args.tcp)
+        d.dir.mkdir(parents=True)
+        d.start()
+        try:
+            with Client(d.endpoint, timeout=60) as c:
+                c.wait_many(c.submit_many("noop", [None] * 200), timeout=60)  # warm up
+                out = {"system": "jobsup", "version": "0.1.0", "endpoint": d.endpoint}
+                meter = Meter(c.ping()["pid"])
+                out.update(meter.around(out, "roundtrip", args.latency_jobs,
+                                        latency, c, args.latency_jobs))
+                if args.polls:
+                    out["master_polls_per_job_roundtrip"] = strace_polls(
+                        meter.pid, args.latency_jobs, d.dir / "strace-roundtrip.log",
+                        latency, c, args.latency_jobs)
+        finally:
+            d.stop()
+    return out
+
+
 def run_jobsup(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="jobsup-bench-", dir="/tmp") as tmp:
         work = Path(tmp)
         out = measure(work, "noop", "jobsup", args, recovery=True)
         guarded = measure(work, "guarded", "jobsup (policies on)", args, recovery=False)
-        out["restart_first_result_s"] = restart_backlog(work, args.jobs)
+        out["restart_first_result_s"] = restart_backlog(work, args.jobs, args.tcp)
     return [out, guarded]
 
 
@@ -260,13 +399,49 @@ def fmt(value: object, spec: str) -> str:
     return format(value, spec)
 
 
+def print_master(r: dict, latency_jobs: int) -> None:
+    """The '#' lines of one jobsup row: outliers, and what the master spent per job."""
+    if "latency_max_ms" in r:
+        slow = r.get("latency_slow", [])
+        listed = ", ".join(f"#{i} {ms:.1f}" for i, ms in slow[:20]) + (
+            f", ... ({len(slow) - 20} more)" if len(slow) > 20 else "")
+        print(f"# {r['system']}: round trips max {r['latency_max_ms']:.2f} ms; "
+              f"{len(slow)} of {latency_jobs} over {SLOW_MS:.0f} ms" +
+              (f" (index ms: {listed})" if slow else ""))
+    runs = [(name, label) for name, label in (("bulk", "bulk"), ("single", "1-by-1"),
+                                              ("roundtrip", "round trips"))
+            if f"master_cpu_us_per_job_{name}" in r]
+    if runs:
+        print(f"# {r['system']}: master per job: CPU " + ", ".join(
+            f"{r[f'master_cpu_us_per_job_{n}']:.0f} µs {label}" for n, label in runs) +
+            "; voluntary context switches " + ", ".join(
+            f"{r[f'master_vcsw_per_job_{n}']:.2f} {label}" for n, label in runs))
+    polls = [(label, r[f"master_polls_per_job_{n}"]) for n, label in runs
+             if f"master_polls_per_job_{n}" in r]
+    if polls:
+        print(f"# {r['system']}: master poll calls per job (strace -f, all threads): " +
+              ", ".join(f"{label} " + ("-" if calls is None else f"{sum(calls.values()):.2f}"
+                                       + " (" + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                          sorted(calls.items())) + ")")
+                        for label, calls in polls))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument("--latency-jobs", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--compare", action="store_true",
                         help="also run Celery, RQ and Dramatiq (installs them in .venv-bench)")
+    parser.add_argument("--tcp", action="store_true",
+                        help="jobsup's API on tcp://127.0.0.1 (the default config's) instead "
+                             "of a unix socket")
+    parser.add_argument("--polls", action="store_true",
+                        help="also count the master's poll calls per job with strace (extra, "
+                             "slower runs)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only jobsup's round trips (--latency-jobs of them), for chasing "
+                             "outliers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
@@ -274,6 +449,19 @@ def main() -> None:
           f"{cpu}, Python {platform.python_version()}, {platform.system()} "
           f"{platform.release()}", file=sys.stderr)
     noise = [machine_noise()]
+    if args.latency_only:
+        row = latency_only(args)
+        noise.append(machine_noise())
+        row["control_pingpong_us"] = noise
+        if args.json:
+            print(json.dumps([row], indent=2))
+            return
+        print(f"# jobsup round trips over {row['endpoint']}: p50 {row['latency_p50_ms']:.2f} ms, "
+              f"p99 {row['latency_p99_ms']:.2f} ms")
+        print_master(row, args.latency_jobs)
+        print(f"# control: socketpair ping-pong p50 {noise[0]:.0f} µs before, "
+              f"{noise[1]:.0f} µs after")
+        return
     rows = run_jobsup(args)
     if args.compare:
         rows += run_others(args)
@@ -282,14 +470,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    header = ["system", "bulk jobs/s", "1-by-1 jobs/s", "p50 ms", "p99 ms", "kill->rerun ms",
-              "new worker ms", "restart->1st result s"]
+    header = ["system", "bulk jobs/s", "1-by-1 jobs/s", "p50 ms", "p99 ms", "max ms",
+              f">{SLOW_MS:.0f} ms", "kill->rerun ms", "new worker ms", "restart->1st result s"]
     table = [header]
     for r in rows:
         table.append([
             f"{r['system']} {r.get('version', '')}",
             fmt(r.get("throughput_bulk_jobs_s"), ".0f"), fmt(r.get("throughput_jobs_s"), ".0f"),
             fmt(r.get("latency_p50_ms"), ".2f"), fmt(r.get("latency_p99_ms"), ".2f"),
+            fmt(r.get("latency_max_ms"), ".2f"), fmt(r.get("latency_over_20ms"), "d"),
             fmt(r.get("kill_rerun_ms"), ".1f"), fmt(r.get("replacement_ready_ms"), ".0f"),
             fmt(r.get("restart_first_result_s"), ".2f"),
         ])
@@ -300,6 +489,8 @@ def main() -> None:
     for r in rows:
         if r.get("notes"):
             print(f"# {r['system']}: {r['notes']}")
+    for r in rows[:2]:  # jobsup's
+        print_master(r, args.latency_jobs)
     lag = rows[0]
     print(f"# jobsup delayed jobs start {lag['delay_lag_p50_ms']:.1f} ms after run_at "
           f"(p50; max {lag['delay_lag_max_ms']:.1f} ms) with idle workers")
