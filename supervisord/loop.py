@@ -37,7 +37,6 @@ from supervisord.pool.workers import Workers
 from supervisord.redis.connect import connect
 from supervisord.redis.embedded import EmbeddedRedis
 from supervisord.redis.nodes import NodeRegistry
-from supervisord.redis.pipe import RedisPipe
 from supervisord.redis.store import Store
 from supervisord.results import Results
 from supervisord.scheduler import Scheduler
@@ -220,7 +219,7 @@ class Master:
         for sock in (self.api_sock, events_sock, self.signals.rfd):
             poller.add(sock)
         self.events = events = Publisher(events_sock)
-        self.writer = Writer(self.store, RedisPipe(self.store.r), settings, self.watch_redis)
+        self.writer = Writer(self.store, self.store.pipe(), settings, self.watch_redis)
         self.workers = Workers(settings, poller, self.worker_changed)
         self.watchdog = Watchdog(settings, self.workers, m.rss)
         self.waiters = Waiters(self.store, self.reply, self.fail)

@@ -18,7 +18,7 @@ import msgpack
 import redis
 
 from supervisord.redis.keys import Keys
-from supervisord.redis.pipe import read_pipelined
+from supervisord.redis.pipe import RedisPipe, read_pipelined
 from supervisord.states import TERMINAL
 
 _RECORD_BLOBS = ("payload", "result", "error", "tags")
@@ -175,6 +175,10 @@ class Store:
             "submit", "apply", "recover", "cancel", "janitor", "dlq")}
         self.sha: dict[str, str] = {}
         self.load_scripts()
+
+    def pipe(self, depth: int = 2) -> RedisPipe:
+        """A connection of its own for the loop's writes in flight."""
+        return RedisPipe(self.r, depth)
 
     def load_scripts(self) -> None:
         """Load the Lua scripts once; calls then send only their SHA."""
