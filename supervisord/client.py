@@ -18,7 +18,7 @@ import zmq
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from supervisord import zmtp
-from supervisord.errors import JobFailed, Timeout, Unauthorized, Unavailable, from_wire
+from supervisord.errors import JobFailed, JobsupError, Timeout, Unauthorized, Unavailable, from_wire
 from supervisord.wire.api import PROTOCOL_VERSION, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
@@ -78,12 +78,20 @@ _OUTCOMES = TypeAdapter(list[Outcome])
 
 
 class Client:
-    """Talks to one jobsup daemon.  Use as a context manager, or call ``close``."""
+    """Talks to one jobsup daemon.  Use as a context manager, or call ``close``.
+
+    ``transport`` picks the request socket: ``"auto"`` (the default) speaks ZMTP
+    itself (``supervisord.zmtp``) on ``ipc://`` and ``tcp://`` endpoints without
+    CurveZMQ and uses pyzmq for the rest; ``"zmq"`` always uses pyzmq's DEALER
+    (for comparing the two, or should the own ZMTP misbehave somewhere).
+    """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  connect_timeout: float = 3.0, events_endpoint: str | None = None,
                  curve_server_key: str | None = None,
-                 curve_client_cert: str | None = None) -> None:
+                 curve_client_cert: str | None = None, transport: str = "auto") -> None:
+        if transport not in ("auto", "zmq"):
+            raise ValueError(f"transport must be 'auto' or 'zmq', not {transport!r}")
         self.endpoint = endpoint or os.environ.get("JOBSUP_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -93,6 +101,8 @@ class Client:
         self._ctx = zmq.Context()
         self._rids = itertools.count(1)
         self._sock: zmq.Socket | zmtp.Dealer | None = None
+        self._own_zmtp = (transport == "auto" and zmtp.supported(self.endpoint)
+                          and not self._curve[0])
 
     # -- plumbing -----------------------------------------------------------------
     def _secure(self, sock: zmq.Socket) -> None:
@@ -108,7 +118,7 @@ class Client:
         sock.curve_secretkey = secret
 
     def _socket(self) -> zmq.Socket | zmtp.Dealer:
-        if self._sock is None and zmtp.supported(self.endpoint) and not self._curve[0]:
+        if self._sock is None and self._own_zmtp:
             try:
                 self._sock = zmtp.Dealer(self.endpoint, self.connect_timeout)
             except (OSError, ValueError) as exc:
@@ -169,7 +179,12 @@ class Client:
             if not answered:
                 self._reset()
                 raise Unavailable(f"no reply from {self.endpoint} within {limit:g}s to '{op}'")
-            reply = msgpack.unpackb(sock.recv(), raw=False)
+            frames = sock.recv_multipart()
+            if len(frames) != 1:
+                raise JobsupError(f"the daemon at {self.endpoint} replied to '{op}' with "
+                                  f"{len(frames)} frames, not one; is it a jobsup daemon "
+                                  "of this version?")
+            reply = msgpack.unpackb(frames[0], raw=False)
             if reply.get("rid") != rid:
                 continue  # the late reply to an earlier request that timed out
             if reply.get("ok"):

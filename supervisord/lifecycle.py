@@ -21,6 +21,7 @@ from supervisord.events import Publisher
 from supervisord.policies import circuit
 from supervisord.policies import retry as outcome
 from supervisord.pool.workers import Running, WorkerHandle, Workers
+from supervisord.redis import scripts
 from supervisord.redis.store import Op, Reserved, history_entry, pack
 from supervisord.settings import Settings
 from supervisord.states import FailureKind, KillReason
@@ -97,7 +98,8 @@ class Lifecycle:
 
         # Written with the attempt's outcome, or after START_WRITE_DELAY if it runs longer:
         # a short job then costs one Redis write, not two, and its caller waits for one.
-        run.start_op = (Op("start", job.id, job.token, (f"{node}:{w.pid}", hist, now)), effect)
+        run.start_op = (Op("start", job.id, job.token, scripts.Start(f"{node}:{w.pid}", hist, now)),
+                        effect)
         self.unstarted.append(run)
         if self.next_start_write is None:
             self.next_start_write = now + START_WRITE_DELAY
@@ -157,11 +159,11 @@ class Lifecycle:
                 start_effect(flag)
                 effect(flag)
 
-            self.batch.add(Op("ran", job.id, job.token, (
+            self.batch.add(Op("ran", job.id, job.token, scripts.Ran(
                 worker, running_hist, started_at, result, hist, policy.result_ttl, update),
                 record=awaited), both)
             return
-        self.batch.add(Op("finish", job.id, job.token, (
+        self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
             "succeeded", result, hist, policy.result_ttl, update), record=awaited), effect)
 
     def fail(self, run: Running, kind: FailureKind, message: str, tb: str | None = None,
@@ -183,7 +185,7 @@ class Lifecycle:
             if flag == "0":
                 return
             self.metrics.failed.labels(job.type, kind.value).inc()
-            fallback = flag if flag not in ("1", "2") else None
+            fallback = flag if flag not in ("1", "2", "c") else None
             self.events.state(job.id, "failed", attempt=job.attempt, kind=kind.value,
                               message=message, fallback_job=fallback)
             self.waiters.finished(job.id)
@@ -199,13 +201,13 @@ class Lifecycle:
             fb = self.settings.policy(policy.fallback)
             hist_new = history_entry("queued", 1, node, f"fallback for {job.type} job {job.id}",
                                      now=now)
-            self.batch.add(Op("fallback", job.id, job.token, (
+            self.batch.add(Op("fallback", job.id, job.token, scripts.Fallback(
                 error, final, policy.failure_ttl, policy.fallback,
                 self.settings.pool_of(policy.fallback), fb.max_attempts, fb.timeout or 0,
                 hist_new, update), record=self.awaited(job)), failed)
             return
         if not d.retry:
-            self.batch.add(Op("finish", job.id, job.token, (
+            self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
                 "failed", error, final, policy.failure_ttl, update),
                 record=self.awaited(job)), failed)
             return
@@ -233,7 +235,7 @@ class Lifecycle:
                                   message=message, run_at=run_at or None)
 
         budget = policy.retry_budget if policy.retry_budget is not None else -1
-        self.batch.add(Op("retry", job.id, job.token, (
+        self.batch.add(Op("retry", job.id, job.token, scripts.Retry(
             error, hist, run_at, flags, d.timeout or "", update, budget, budget_final,
             policy.failure_ttl)), retried)
 
@@ -249,7 +251,7 @@ class Lifecycle:
             self.events.state(job.id, "cancelled", attempt=job.attempt)
             self.waiters.finished(job.id)
 
-        self.batch.add(Op("finish", job.id, job.token, (
+        self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
             "cancelled", error, hist, self.settings.policy(job.type).failure_ttl, ""),
             record=self.awaited(job)), effect)
 
@@ -264,7 +266,7 @@ class Lifecycle:
                 self.events.state(job.id, "cancelled", attempt=job.attempt)
                 self.waiters.finished(job.id)
 
-        self.batch.add(Op("finish", job.id, job.token, (
+        self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
             "cancelled", error, hist, self.settings.policy(job.type).failure_ttl, ""),
             record=self.awaited(job)), effect)
 
@@ -279,10 +281,14 @@ class Lifecycle:
         hist = history_entry("queued", job.attempt, self.node, reason) if reason else b""
 
         def effect(flag: str) -> None:
-            if flag != "0":
+            if flag == "c":  # a cancel was waiting for it: it ended cancelled
+                self.events.state(job.id, "cancelled", attempt=job.attempt)
+                self.waiters.finished(job.id)
+            elif flag != "0":
                 self.events.state(job.id, "queued", attempt=job.attempt, message=reason)
 
-        self.batch.add(Op("requeue", job.id, job.token, (hist,)), effect)
+        ttl = self.settings.policy(job.type).failure_ttl
+        self.batch.add(Op("requeue", job.id, job.token, scripts.Requeue(hist, ttl)), effect)
 
     def write_progress(self, run: Running) -> None:
         """Progress is coalesced: at most one write per job per flush interval."""
@@ -292,7 +298,7 @@ class Lifecycle:
         pct, message = run.progress
         run.progress = None
         run.progress_written = self.clock.monotonic()
-        self.batch.add(Op("progress", run.job.id, run.job.token, (pct, message)))
+        self.batch.add(Op("progress", run.job.id, run.job.token, scripts.Progress(pct, message)))
 
     def lost_worker(self, run: Running, w: WorkerHandle, reason: KillReason | None,
                     text: str) -> None:

@@ -154,8 +154,7 @@ class Writer:
                 replies, (wants, (taken, had_submits)) = self.pipe.receive()
             except redis.RedisError as exc:
                 return out + self.lose(exc)
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self.store.load_scripts()  # Redis restarted empty-handed: send again
+            if self.store.scripts_missing(replies):  # Redis restarted empty-handed
                 self.resend(taken, out)
                 return out
             try:

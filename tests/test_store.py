@@ -11,6 +11,7 @@ import time
 import pytest
 
 from supervisord.ids import IdGenerator
+from supervisord.redis.scripts import Requeue
 from supervisord.redis.store import NewJob, Op, Store, history_entry, pack, unpack
 
 NODE = "node-a"
@@ -82,8 +83,8 @@ def retry_op(res, run_at: float, flags: str = "a", new_timeout: str | float = ""
 
 
 def requeue_op(res) -> Op:
-    return Op("requeue", res.id, res.token, (history_entry("queued", res.attempt, NODE,
-                                                           "node shut down"),))
+    return Op("requeue", res.id, res.token, Requeue(
+        history_entry("queued", res.attempt, NODE, "node shut down"), 100))
 
 
 def progress_op(res, pct: float, message: str) -> Op:
@@ -414,6 +415,17 @@ def test_cancel_of_a_held_job_goes_to_its_node(store, ids):
     assert store.apply([cancelled]).flags == ["1"]
     assert store.get(jid)["status"] == "cancelled"
     assert not store.r.hexists(store.keys.owned(NODE), jid)
+
+
+def test_requeue_of_a_held_job_with_a_cancel_waiting_ends_it_cancelled(store, ids):
+    [jid] = submit(store, new_job(ids))
+    [res] = reserve(store)
+    assert store.cancel(jid, ttl=50)[0] == "held"
+    assert store.apply([requeue_op(res)]).flags == ["c"]
+    rec = store.get(jid)
+    assert rec["status"] == "cancelled" and rec["error"]["kind"] == "cancelled"
+    assert not store.r.zscore(store.keys.queue(rec["type"]), jid)
+    assert reserve(store) == []
 
 
 def test_cancel_running_job_sets_flag(store, ids):

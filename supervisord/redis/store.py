@@ -19,6 +19,7 @@ import redis
 
 from supervisord.redis.keys import Keys
 from supervisord.redis.pipe import RedisPipe, read_pipelined
+from supervisord.redis.scripts import RESERVED_FIELDS, OpArgs
 from supervisord.states import TERMINAL
 
 _RECORD_BLOBS = ("payload", "result", "error", "tags")
@@ -129,7 +130,7 @@ class Op:
     kind: str
     id: str
     token: str
-    args: tuple = ()
+    args: OpArgs
     record: bool = False  # read the job's record back after the write: someone waits
 
     def argv(self) -> list:
@@ -174,6 +175,7 @@ class Store:
         self.sources = {name: _script(name) for name in (
             "submit", "apply", "recover", "cancel", "janitor", "dlq")}
         self.sha: dict[str, str] = {}
+        self._writes: RedisPipe | None = None  # for ``write`` outside the loop
         self.load_scripts()
 
     def pipe(self, depth: int = 2) -> RedisPipe:
@@ -186,11 +188,14 @@ class Store:
             self.sha[name] = self.r.script_load(source)
 
     def call(self, name: str, argv: list) -> Any:
-        try:
-            return self.r.evalsha(self.sha[name], 0, *argv)
-        except redis.exceptions.NoScriptError:
-            self.load_scripts()  # Redis restarted without its script cache
-            return self.r.evalsha(self.sha[name], 0, *argv)
+        """One script call, outside the loop's writes (recover, cancel, janitor, dlq)."""
+        for attempt in (1, 2):
+            try:
+                return self.r.evalsha(self.sha[name], 0, *argv)
+            except redis.exceptions.NoScriptError as exc:
+                if attempt == 2 or not self.scripts_missing([exc]):
+                    raise
+        raise AssertionError("unreachable")
 
     # -- writes -----------------------------------------------------------
     def submit_argv(self, jobs: list[NewJob], now: float) -> list:
@@ -250,7 +255,8 @@ class Store:
             return created, Applied(flags=[], promoted=[])
         flags, promoted, rows, next_due, changes = replies[at]
         reads = replies[at + 1:]
-        reserved = [Reserved.from_row(rows[j:j + 13]) for j in range(0, len(rows), 13)]
+        n = len(RESERVED_FIELDS)
+        reserved = [Reserved.from_row(rows[j:j + n]) for j in range(0, len(rows), n)]
         return created, Applied(
             flags=flags.decode().split(",") if flags else [],
             promoted=[p.decode() for p in promoted],
@@ -266,20 +272,31 @@ class Store:
               now: float | None = None, routes: list[Route] = (),
               breakers: set[str] | frozenset = frozenset(),
               ) -> tuple[list[tuple[str, bool]], Applied]:
-        """Submit new jobs and apply one pass of transitions in one round trip."""
+        """Submit new jobs and apply one pass of transitions in one round trip, through the
+        same pipe and commands as the loop's writes (so tests of the Lua take the path
+        production takes)."""
         now = now or time.time()
+        if self._writes is None:
+            self._writes = self.pipe(depth=1)
         for attempt in (1, 2):
-            pipe = self.r.pipeline(transaction=False)
-            for command in self.write_commands(submits, ops, wants, promote_limit, now, routes,
-                                               breakers):
-                pipe.execute_command(*command)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError)
-                                    for r in replies):
-                self.load_scripts()
-                continue
-            break
+            self._writes.send(self.write_commands(submits, ops, wants, promote_limit, now,
+                                                  routes, breakers), None)
+            try:
+                replies, _ = self._writes.receive()
+            except redis.RedisError:
+                self._writes.abandon()
+                raise
+            if attempt == 2 or not self.scripts_missing(replies):
+                break
         return self.parse_write(replies, bool(submits), ops)
+
+    def scripts_missing(self, replies: list) -> bool:
+        """The one NOSCRIPT path: Redis lost its script cache (a restart or a failover),
+        so the scripts are loaded again and the caller sends its write once more."""
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            self.load_scripts()
+            return True
+        return False
 
     def submit(self, jobs: list[NewJob]) -> list[tuple[str, bool]]:
         return self.write(jobs, [], {})[0]

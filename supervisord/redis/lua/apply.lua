@@ -4,8 +4,11 @@
 --   pool:  name want ntypes (type has_breaker)...
 --   route: type fallback fallback_pool fallback_timeout fallback_max_attempts
 -- Returns { flags, promoted_types, reserved, next_due, circuit_changes }:
---   flags: one char per op: '1' applied, '0' discarded (stale token or state),
---          '2' a retry turned final because the type's retry budget is spent
+--   flags: one per op: '1' applied, '0' discarded (stale token or state),
+--          '2' a retry turned final because the type's retry budget is spent,
+--          'c' a requeue that ended the job cancelled (a cancel waited for it),
+--          or the new job's id (a fallback)
+--   Each op's arguments are a typed record in supervisord/redis/scripts.py.
 --   reserved: 13 fields per job handed to this node (see store.Reserved)
 --   circuit_changes: 'type=state' for every circuit that changed state
 local node = ARGV[2]
@@ -16,7 +19,7 @@ local i = 5
 
 local function live(id, token)
   local cur = redis.call('HMGET', k_job(id), 'lease', 'status', 'created_at', 'type',
-    'priority', 'pool')
+    'priority', 'pool', 'attempt')
   if cur[1] ~= token then return nil end
   if cur[2] ~= 'running' and cur[2] ~= 'queued' then return nil end
   return cur
@@ -165,11 +168,16 @@ for _ = 1, nops do
     circuit(cur[4], a[9])
     flag = new_id
   elseif cur and kind == 'requeue' then
-    redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
+    -- history, ttl of a cancelled record
     redis.call('HDEL', k_owned(node), id)
-    index_status(id, cur[2], 'queued', cur[3])
-    enqueue(id, cur[4], cur[5])
-    push_history(id, a[1])
+    if cancel_if_asked(id, cur[2], cur[3], cur[7], a[2], node, now) then
+      flag = 'c'
+    else
+      redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
+      index_status(id, cur[2], 'queued', cur[3])
+      enqueue(id, cur[4], cur[5])
+      push_history(id, a[1])
+    end
   elseif cur and kind == 'progress' then
     if cur[2] == 'running' then
       redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2])

@@ -37,3 +37,18 @@ local function owner_of(token)
   if not sep then return nil end
   return string.sub(token, 1, sep - 1)
 end
+
+-- A job given back to its queue while a cancel of it waits for its node (the
+-- node had it held, unstarted, or stopped before it saw the flag) ends
+-- cancelled instead of running again.  Returns true if it did.
+local function cancel_if_asked(id, old_status, created, attempt, ttl, by, now)
+  if redis.call('HGET', k_job(id), 'cancel_requested') ~= '1' then return false end
+  redis.call('HSET', k_job(id), 'status', 'cancelled', 'finished_at', now, 'lease', '',
+    'error', cmsgpack.pack({kind = 'cancelled', message = 'cancelled on request',
+      attempt = tonumber(attempt)}))
+  index_status(id, old_status, 'cancelled', created)
+  redis.call('ZADD', K_EXPIRY, now + tonumber(ttl), id)
+  push_history(id, cmsgpack.pack({t = now, status = 'cancelled', attempt = tonumber(attempt),
+    node = by, reason = 'cancel requested', kind = 'cancelled'}))
+  return true
+end

@@ -13,7 +13,10 @@ for j = 1, #owned, 2 do
   if not keep[id] then
     local cur = redis.call('HMGET', k_job(id), 'lease', 'status', 'created_at', 'type',
       'priority', 'attempt')
-    if cur[1] == token and (cur[2] == 'queued' or cur[2] == 'running') then
+    if cur[1] == token and (cur[2] == 'queued' or cur[2] == 'running') and
+        cancel_if_asked(id, cur[2], cur[3], cur[6], 604800, by, now) then
+      n = n + 1
+    elseif cur[1] == token and (cur[2] == 'queued' or cur[2] == 'running') then
       redis.call('HSET', k_job(id), 'status', 'queued', 'lease', '')
       index_status(id, cur[2], 'queued', cur[3])
       enqueue(id, cur[4], cur[5])
