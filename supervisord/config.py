@@ -17,6 +17,8 @@ import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from supervisord.errors import ConfigError
+from supervisord.policies.circuit import CircuitBreaker
+from supervisord.policies.retry import Backoff
 from supervisord.states import FailureKind
 
 _UNITS = {
@@ -154,17 +156,6 @@ class PoolConfig(_Model):
     user: str | None = None
     group: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
-
-
-class Backoff(_Model):
-    base: Seconds = 1.0
-    factor: Annotated[float, Field(ge=1)] = 2.0
-    max: Seconds = 60.0
-
-
-class CircuitBreaker(_Model):
-    failures: Annotated[int, Field(ge=1)] = 5
-    open_for: Seconds = 30.0
 
 
 _DEFAULT_RETRY_ON = (

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.events import Publisher
-from supervisord.policies import circuit
+from supervisord.policies import budget, circuit
+from supervisord.policies import fallback as fallback_policy
 from supervisord.policies import retry as outcome
 from supervisord.pool.workers import Running, WorkerHandle, Workers
 from supervisord.redis import scripts
@@ -47,6 +48,7 @@ class Lifecycle:
         self.queued = queued  # a job of this type is in its queue again
         self.due = due  # a job becomes due at this wall-clock time
         self.clock = clock
+        self.fallbacks = fallback_policy.Fallbacks(metrics.submitted, events.publish, queued)
         self.running: dict[str, Running] = {}
         self.unstarted: list[Running] = []  # runs whose start is not written yet
         self.next_start_write: float | None = None
@@ -190,21 +192,12 @@ class Lifecycle:
                               message=message, fallback_job=fallback)
             self.waiters.finished(job.id)
             if fallback:
-                self.metrics.submitted.labels(policy.fallback).inc()
-                self.events.state(fallback, "queued", attempt=1, type=policy.fallback,
-                                  fallback_of=job.id)
-                self.queued(policy.fallback)
-                log.info("job %s of %s failed; re-submitted as %s job %s", job.id, job.type,
-                         policy.fallback, fallback)
+                self.fallbacks.committed(job.id, job.type, policy.fallback, fallback)
 
         if not d.retry and policy.fallback:
-            fb = self.settings.policy(policy.fallback)
-            hist_new = history_entry("queued", 1, node, f"fallback for {job.type} job {job.id}",
-                                     now=now)
-            self.batch.add(Op("fallback", job.id, job.token, scripts.Fallback(
-                error, final, policy.failure_ttl, policy.fallback,
-                self.settings.pool_of(policy.fallback), fb.max_attempts, fb.timeout or 0,
-                hist_new, update), record=self.awaited(job)), failed)
+            self.batch.add(fallback_policy.op(
+                self.settings.cfg, policy, job.id, job.type, job.token, error, final, update,
+                now, node, self.awaited(job)), failed)
             return
         if not d.retry:
             self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
@@ -222,9 +215,7 @@ class Lifecycle:
         else:
             self.queued(job.type)
         next_attempt = job.attempt + (1 if d.burn_attempt else 0)
-        budget_final = history_entry("failed", job.attempt, node,
-                                     f"retry budget of {policy.retry_budget}/min spent",
-                                     pid=pid, kind=kind, message=message, now=now)
+        budget_final = budget.spent(policy, job.attempt, node, pid, kind, message, now)
 
         def retried(flag: str) -> None:
             if flag == "2":
@@ -234,9 +225,9 @@ class Lifecycle:
                 self.events.state(job.id, status, attempt=next_attempt, kind=kind.value,
                                   message=message, run_at=run_at or None)
 
-        budget = policy.retry_budget if policy.retry_budget is not None else -1
         self.batch.add(Op("retry", job.id, job.token, scripts.Retry(
-            error, hist, run_at, flags, d.timeout or "", update, budget, budget_final,
+            error, hist, run_at, flags, d.timeout or "", update, budget.limit(policy),
+            budget_final,
             policy.failure_ttl)), retried)
 
     def settle_cancelled(self, run: Running, reason: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisord.config import Config, JobTypeConfig, PoolConfig
+from supervisord.policies import fallback
 from supervisord.redis.store import Route
 from supervisord.schemas import resolve_schemas
 
@@ -34,9 +35,7 @@ class Settings:
         return cls(
             cfg=cfg,
             schemas=resolve_schemas(cfg),
-            routes=tuple(Route(name, jt.fallback, cfg.pool_of(jt.fallback),
-                               jobs[jt.fallback].timeout or 0, jobs[jt.fallback].max_attempts)
-                         for name, jt in jobs.items() if jt.circuit_breaker and jt.fallback),
+            routes=fallback.routes(cfg),
             breakers=frozenset(n for n, jt in jobs.items() if jt.circuit_breaker),
             types_of={p.name: tuple(n for n in jobs if cfg.pool_of(n) == p.name)
                       for p in cfg.pools},

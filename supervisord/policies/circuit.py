@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Annotated
 
-from supervisord.config import CircuitBreaker
+from pydantic import BaseModel, ConfigDict, Field
+
 from supervisord.states import FailureKind
 
 log = logging.getLogger("jobsup.circuit")
+
+
+class CircuitBreaker(BaseModel):
+    """``[jobs.T] circuit_breaker``: open after ``failures`` consecutive counted failures,
+    stay open ``open_for`` seconds, then let one trial job through."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    failures: Annotated[int, Field(ge=1)] = 5
+    open_for: Annotated[float, Field(ge=0)] = 30.0
 
 # Failures that say something about the dependency behind a type, so they count
 # towards opening its circuit.  Bad input (permanent), a cancel, a lost node or

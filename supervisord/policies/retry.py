@@ -8,9 +8,24 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
-from supervisord.config import JobTypeConfig
+from pydantic import BaseModel, ConfigDict, Field
+
 from supervisord.states import FailureKind
+
+if TYPE_CHECKING:
+    from supervisord.config import JobTypeConfig
+
+class Backoff(BaseModel):
+    """``[jobs.T] backoff``: the delay before attempt n+1 is uniform in
+    [0, min(max, base * factor^(n-1))] (full jitter)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: Annotated[float, Field(ge=0)] = 1.0
+    factor: Annotated[float, Field(ge=1)] = 2.0
+    max: Annotated[float, Field(ge=0)] = 60.0
+
 
 # Kinds that never burn an attempt when retried.
 _FREE_RETRY = {FailureKind.RATE_LIMITED, FailureKind.LOST}
