@@ -97,3 +97,40 @@ def vandal(payload: Any, ctx: JobContext) -> str:
 
     time.sleep(30)  # the master kills this worker long before
     return "unreachable"
+
+
+def cooperative(payload: dict, ctx: JobContext) -> dict:
+    """Cancel-aware: marks its start at once, polls ``ctx.cancelled`` every millisecond,
+    and leaves marker files in ``payload["dir"]``: ``started`` (first line), ``saw_cancel``
+    (when it sees the cancel) and ``stopped`` (in ``finally``, just before it returns).
+    After seeing the cancel it lingers ``payload["linger"]`` seconds before returning, so
+    a record that reads ``cancelled`` too early is caught."""
+    import time
+    from pathlib import Path
+
+    where = Path(payload["dir"])
+    (where / "started").touch()
+    try:
+        end = time.monotonic() + float(payload.get("seconds", 5.0))
+        while time.monotonic() < end:
+            if ctx.cancelled:
+                (where / "saw_cancel").touch()
+                time.sleep(float(payload.get("linger", 0.1)))
+                return {"saw_cancel": True}
+            time.sleep(0.001)
+        return {"saw_cancel": False}
+    finally:
+        (where / "stopped").touch()
+
+
+def hold(payload: dict, ctx: JobContext) -> dict:
+    """Blocks until the file ``payload["release"]`` exists (or ``seconds`` pass, or a
+    cancel), then returns."""
+    import time
+
+    end = time.monotonic() + float(payload.get("seconds", 30.0))
+    while time.monotonic() < end and not ctx.cancelled:
+        if os.path.exists(payload["release"]):
+            return {"released": True, "n": payload.get("n")}
+        time.sleep(0.01)
+    return {"released": False, "n": payload.get("n")}
