@@ -2,14 +2,15 @@
 DEALER, side by side on one real daemon.
 
 The daemon is the one ``scripts/bench.py`` starts (embedded Redis, 2 workers).
-Each round times ``--n`` calls on each transport, the two in turn and in
-alternating order, so that a machine that gets noisier part-way through
-weighs on both alike.  For each workload it prints p50, p99 and max pooled over
+Each round times ``--n`` calls on each transport, one client each, the two
+taking turns call by call, so that a machine that gets noisier part-way
+through weighs on both alike.  For each workload it prints p50, p99 and max pooled over
 the rounds with their range across rounds, and what pyzmq adds to the p50 as a
 percentage of pyzmq's round trip (the issue's rule: the own ZMTP earns its keep
 only if pyzmq costs 5 % or more).
 
-    .venv/bin/python scripts/bench_zmtp.py [--rounds 5] [--n 1000] [--tcp] [--json]
+    .venv/bin/python scripts/bench_zmtp.py [--rounds 5] [--n 1000] [--tcp]
+                                           [--only ping|"run noop"] [--json]
 """
 
 from __future__ import annotations
@@ -41,29 +42,39 @@ def quantiles(samples: list[float]) -> dict[str, float]:
             "max": s[-1]}
 
 
-def time_calls(endpoint: str, transport: str, call, n: int, warm: int) -> list[float]:
-    with Client(endpoint, timeout=60, transport=transport) as c:
-        for _ in range(warm):
-            call(c)
-        assert isinstance(c._sock, Dealer) == (transport == "auto"), "wrong transport"
-        samples = []
-        clock = time.perf_counter_ns
-        for _ in range(n):
-            t0 = clock()
-            call(c)
-            samples.append((clock() - t0) / 1000)  # µs
+def time_round(endpoint: str, call, n: int, warm: int) -> dict[str, list[float]]:
+    """``n`` calls on each transport, one client each, taking turns call by call (who
+    goes first alternates), so that both see the same machine at the same moments."""
+    clients = {name: Client(endpoint, timeout=60, transport=transport)
+               for name, transport in TRANSPORTS.items()}
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    clock = time.perf_counter_ns
+    try:
+        for name, c in clients.items():
+            for _ in range(warm):
+                call(c)
+            assert isinstance(c._sock, Dealer) == (TRANSPORTS[name] == "auto"), name
+        turns = [list(clients.items()), list(clients.items())[::-1]]
+        for i in range(n):
+            for name, c in turns[i % 2]:
+                t0 = clock()
+                call(c)
+                samples[name].append((clock() - t0) / 1000)  # µs
+    finally:
+        for c in clients.values():
+            c.close()
     return samples
 
 
-def measure(endpoint: str, rounds: int, n: int, warm: int) -> dict:
+def measure(endpoint: str, rounds: int, n: int, warm: int, only: str | None = None) -> dict:
     out = {}
     for workload, call in WORKLOADS.items():
+        if only and workload != only:
+            continue
         per_round = {name: [] for name in TRANSPORTS}
         pooled = {name: [] for name in TRANSPORTS}
-        for r in range(rounds):
-            order = list(TRANSPORTS) if r % 2 == 0 else list(TRANSPORTS)[::-1]
-            for name in order:
-                samples = time_calls(endpoint, TRANSPORTS[name], call, n, warm)
+        for _ in range(rounds):
+            for name, samples in time_round(endpoint, call, n, warm).items():
                 per_round[name].append(quantiles(samples))
                 pooled[name] += samples
         rows = {}
@@ -107,6 +118,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="timed calls per round")
     parser.add_argument("--warm", type=int, default=100, help="untimed calls first")
     parser.add_argument("--tcp", action="store_true", help="tcp://127.0.0.1 instead of ipc")
+    parser.add_argument("--only", choices=list(WORKLOADS), help="one workload only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     noise = [machine_noise()]
@@ -114,7 +126,7 @@ def main() -> None:
         d = Daemon(Path(tmp), tcp=args.tcp)
         d.start()
         try:
-            results = measure(d.endpoint, args.rounds, args.n, args.warm)
+            results = measure(d.endpoint, args.rounds, args.n, args.warm, args.only)
         finally:
             d.stop()
     noise.append(machine_noise())
