@@ -43,6 +43,9 @@ from supervisord.writer import PendingSubmit, Writer
 
 log = logging.getLogger("jobsup.api")
 _NO_TAGS = pack({})
+# Operations answered from Redis: while it is unreachable they fail at once rather
+# than make the loop wait out a socket timeout.
+_READS_REDIS = frozenset({"get", "wait", "cancel", "jobs", "dlq"})
 
 
 class Control:
@@ -91,6 +94,9 @@ class Api:
         try:
             rid, req = protocol.decode_request(frame, self.settings.cfg.api.max_message)
             op = req.op
+            if op in _READS_REDIS and not self.writer.up:
+                raise Unavailable("Redis is unreachable; nothing was changed, try again "
+                                  "shortly (jobsup status shows Redis health)")
             getattr(self, f"op_{op}")(identity, rid, req)
         except JobsupError as exc:
             found = exc.details.get("rid")

@@ -93,6 +93,7 @@ class Master:
         self.embedded: EmbeddedRedis | None = None
         self.timers: dict[str, float] = {}
         self._errors: list[float] = []
+        self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
 
     # -- the loop ---------------------------------------------------------------------
@@ -110,6 +111,7 @@ class Master:
 
     def run_pass(self) -> None:
         ready = self.poller.poll(self.poll_timeout())
+        self.polled = time.monotonic()
         self.read_workers(ready)
         self.read_api(ready)
         self.read_subscriptions(ready)
@@ -121,6 +123,14 @@ class Master:
         if self.phase.running:
             self.scheduler.dispatch()
         self.send_writes()
+        self.note_slow_pass()
+
+    def note_slow_pass(self) -> None:
+        """A pass that blocked (a Redis call waiting out its timeout) is logged: it
+        delays every reply, and the watchdog must not blame workers for it."""
+        took = time.monotonic() - self.polled
+        if took > 0.25:
+            log.warning("a loop pass took %.2fs (Redis up: %s)", took, self.writer.up)
 
     def survive(self) -> None:
         """A bug in one pass is logged and the daemon keeps serving; one that repeats
@@ -219,7 +229,13 @@ class Master:
         for sock in (self.api_sock, events_sock, self.signals.rfd):
             poller.add(sock)
         self.events = events = Publisher(events_sock)
-        self.writer = Writer(self.store, self.store.pipe(), settings, self.watch_redis)
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        poller.add(self.wake_r)
+        pipe = self.store.pipe()
+        pipe.connect()
+        self.writer = Writer(self.store, pipe, settings, self.watch_redis, wake_w)
+        self.watch_redis(pipe.fileno())
         self.workers = Workers(settings, poller, self.worker_changed)
         self.watchdog = Watchdog(settings, self.workers, m.rss)
         self.waiters = Waiters(self.store, self.reply, self.fail)
@@ -367,8 +383,12 @@ class Master:
             self.write_failed(failure)
 
     def read_redis(self, ready: dict, block: bool = False) -> None:
+        if self.wake_r in ready:
+            os.read(self.wake_r, 64)
+            self.writer.reconnected()
         for result in self.writer.overdue():
             self.write_failed(result)
+        self.writer.maintain()
         if not self.writer.busy or not (block or self._redis_fd in ready):
             return
         for result in self.writer.receive(block):
@@ -380,7 +400,16 @@ class Master:
     def write_failed(self, failure: Failure) -> None:
         exc, taken = failure.error, failure.taken
         self.redis_failed(exc)
-        for pending in taken.submits:
+        self.refuse(taken.submits, exc)
+        # Submits not sent yet would wait for Redis to come back: refuse them now, as
+        # new submits are refused while it is away.
+        unsent, self.writer.batch.submits = self.writer.batch.submits, []
+        self.refuse(unsent, exc)
+        self.writer.batch.put_back(taken)
+        self.writer.resync = True
+
+    def refuse(self, submits: list, exc: Exception) -> None:
+        for pending in submits:
             started = [job for job in pending.jobs if job.lease]
             for job in started:  # it went straight to a worker: stop it, it was never stored
                 self.jobs.request_cancel(job.id, job.lease)
@@ -389,8 +418,6 @@ class Master:
                     f" ({len(started)} had already started on a worker and were told to "
                     "stop)" if started else "") + ". Resubmit; an idempotency key makes "
                 "resubmitting safe"))
-        self.writer.batch.put_back(taken)
-        self.writer.resync = True
 
     def redis_failed(self, exc: Exception) -> None:
         if isinstance(exc, redis.ResponseError) and self.writer.up:
@@ -467,7 +494,8 @@ class Master:
         now = time.monotonic()
         deadline = self.watchdog.next_deadline()
         if (deadline is not None and now >= deadline) or self.due("watchdog", now):
-            self.watchdog.check(now)
+            # Heartbeats that came while this pass was blocked are not read yet.
+            self.watchdog.check(now, heartbeats=now - self.polled < 0.25)
         if not self.phase.running:
             self.shutdown.step(now)
         elif self.due("reconcile", now) or self.results.changed:
@@ -487,8 +515,8 @@ class Master:
     def slow_tick(self, now: float) -> None:
         """Once a second: gauges, other nodes, retention, remote cancels and waits."""
         self.update_gauges(now)
-        if not self.writer.up and now < self.writer.retry_at:
-            return
+        if self.writer.suspect():
+            return  # Redis is down or slow: these reads would block the loop
         try:
             self.nodes.beat()
             self.waiters.recheck(self.jobs.running)
@@ -520,7 +548,7 @@ class Master:
                 m.workers.labels(pool.name, state.value).set(n)
             m.running.labels(pool.name).set(len(pool.busy()))
             m.degraded.labels(pool.name).set(1 if pool.degraded(now) else 0)
-        if self.writer.up:
+        if not self.writer.suspect():
             try:
                 for name, depth in queue_depths(self.store, self.settings,
                                                 self.scheduler).items():

@@ -75,6 +75,8 @@ def describe(src: Sources) -> dict:
     redis_info: dict = {"up": src.redis_up()}
     store = src.store
     try:
+        if not redis_info["up"]:
+            raise redis.ConnectionError("unreachable (the daemon retries by itself)")
         redis_info.update(store.health(), embedded=src.embedded)
         depths = queue_depths(store, src.settings, src.scheduler)
         dead = store.dead_letter_count()

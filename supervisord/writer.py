@@ -85,11 +85,13 @@ class Failure:
 
 class Writer:
     def __init__(self, store: Store, pipe: RedisPipe, settings: Settings,
-                 watch_fd: Callable[[int | None], None], clock: Clock = SYSTEM) -> None:
+                 watch_fd: Callable[[int | None], None], wake: int,
+                 clock: Clock = SYSTEM) -> None:
         self.store = store
         self.pipe = pipe
         self.settings = settings
         self.watch_fd = watch_fd  # the loop polls this fd for replies
+        self.wake = wake  # written when a reconnect attempt has finished
         self.clock = clock
         self.batch = Batch()
         self.up = False
@@ -107,7 +109,28 @@ class Writer:
         return self.pipe.busy
 
     def may_send(self) -> bool:
-        return not self.pipe.full and (self.up or self.clock.monotonic() >= self.retry_at)
+        return (self.pipe.connected and not self.pipe.full
+                and (self.up or self.clock.monotonic() >= self.retry_at))
+
+    def suspect(self) -> bool:
+        """Redis is down, or slow to answer the oldest write: blocking reads would stall
+        the loop, so periodic ones wait."""
+        timeout = min(0.25, self.settings.cfg.redis.socket_timeout / 4)
+        return not self.up or self.pipe.overdue(timeout, self.clock.monotonic())
+
+    def maintain(self) -> None:
+        """Without a connection, try for one in the background once the retry time came."""
+        if not self.pipe.connected and self.clock.monotonic() >= self.retry_at:
+            self.pipe.reconnect(self.wake)
+
+    def reconnected(self) -> None:
+        """A background connect finished: use it, or wait for the next retry."""
+        error = self.pipe.adopt()
+        if error is not None:
+            self.failed(error)
+        elif self.pipe.connected:
+            self.watch_fd(self.pipe.fileno())
+            self._fd = self.pipe.fileno()
 
     def reserving(self) -> bool:
         """A reservation is in flight (how many to take next depends on its reply)."""

@@ -55,8 +55,10 @@ class Watchdog:
             times.append(self._next_rss)
         return min(times) if times else None
 
-    def verdicts(self, now: float) -> list[Verdict]:
-        """What is overdue at ``now``: pure, from the deadline table."""
+    def verdicts(self, now: float, heartbeats: bool = True) -> list[Verdict]:
+        """What is overdue at ``now``: pure, from the deadline table.  With
+        ``heartbeats`` False (the master itself was stalled, so heartbeats may be unread)
+        silence is not judged."""
         hb_timeout = self.settings.cfg.daemon.heartbeat_timeout
         out = []
         for w in self.workers.all():
@@ -73,6 +75,8 @@ class Watchdog:
             elif job is not None and job.cancel_at is not None and now >= job.cancel_at:
                 out.append(Verdict(w, KillReason.CANCEL, True,
                                    f"job {job.job.id} did not stop within cancel_grace"))
+            elif not heartbeats:
+                continue
             elif w.state is not WorkerState.STARTING and now - w.last_beat > hb_timeout:
                 out.append(Verdict(w, KillReason.HEARTBEAT, False,
                                    f"no heartbeat for {now - w.last_beat:.1f}s (hung or "
@@ -81,8 +85,8 @@ class Watchdog:
                 out.append(Verdict(w, KillReason.HEARTBEAT, False, "not ready in time"))
         return out
 
-    def check(self, now: float) -> None:
-        for v in self.verdicts(now):
+    def check(self, now: float, heartbeats: bool = True) -> None:
+        for v in self.verdicts(now, heartbeats):
             w = v.worker
             log.warning("worker %d pid %d: %s; %s", w.wid, w.pid, v.why,
                         "SIGTERM" if v.polite else "SIGKILL")

@@ -8,9 +8,11 @@ batches grow exactly as fast as Redis falls behind.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -71,7 +73,10 @@ class RedisPipe:
         self.replies: deque[Any] = deque()  # parsed, not yet handed out
         self.buf = bytearray(1 << 16)
         self.reader: hiredis.Reader | None = None  # per connection: set by connect()
-        self.readable: select.poll | None = None
+        self.waiter: select.poll | None = None
+        self.timeout = 5.0
+        self._connecting: threading.Thread | None = None
+        self._fresh: Connection | Exception | None = None
 
     @property
     def busy(self) -> bool:
@@ -88,20 +93,75 @@ class RedisPipe:
     def fileno(self) -> int | None:
         return self.sock.fileno() if self.sock is not None else None
 
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def reconnect(self, wake: int) -> None:
+        """Connect again without blocking the caller: a thread waits out the connect (a
+        frozen Redis accepts the connection and never answers its handshake), then writes
+        a byte to ``wake``; the loop calls ``adopt``.  One attempt at a time."""
+        if self._connecting is not None and self._connecting.is_alive():
+            return
+        self._fresh = None
+
+        def attempt() -> None:
+            try:
+                conn = self.pool.get_connection()
+            except (redis.RedisError, OSError) as exc:
+                self._fresh = exc
+            else:
+                self._fresh = conn
+            os.write(wake, b"r")
+
+        self._connecting = threading.Thread(target=attempt, name="redis-reconnect",
+                                            daemon=True)
+        self._connecting.start()
+
+    def adopt(self) -> Exception | None:
+        """Take the connection the last ``reconnect`` made; its error if it failed."""
+        fresh, self._fresh = self._fresh, None
+        if isinstance(fresh, Exception) or fresh is None:
+            return fresh
+        self.disconnect()
+        self._setup(fresh)
+        return None
+
     def connect(self) -> socket.socket:
-        self.conn = self.pool.get_connection()
+        self._setup(self.pool.get_connection())
+        return self.sock
+
+    def _setup(self, conn: Connection) -> None:
+        self.conn = conn
         self.sock = self.conn._sock  # connected, authenticated and set up by redis-py
         self.reader = hiredis.Reader(replyError=_reply_error, notEnoughData=_MORE)
         self.replies.clear()
-        self.readable = select.poll()
-        self.readable.register(self.sock, select.POLLIN)
-        return self.sock
+        # Non-blocking, with our own deadline: a socket with a timeout makes Python
+        # poll before every send and recv, a system call per write and read for nothing.
+        self.timeout = self.conn.socket_timeout or 5.0
+        self.sock.setblocking(False)
+        self.waiter = select.poll()
+        self.waiter.register(self.sock, select.POLLIN)
+
+    def _wait(self, events: int) -> None:
+        """Block until the socket is ready, at most the connection's socket_timeout."""
+        self.waiter.modify(self.sock, events)
+        if not self.waiter.poll(self.timeout * 1000):
+            self.disconnect()
+            raise redis.TimeoutError(f"Redis did not answer within {self.timeout:g}s")
 
     def send(self, commands: list[tuple], context: Any) -> None:
         """Write the commands; raises redis.RedisError if the connection fails."""
         sock = self.sock or self.connect()
+        data = memoryview(pack_commands(commands))
         try:
-            sock.sendall(pack_commands(commands))
+            while data:
+                try:
+                    data = data[sock.send(data):]
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    self._wait(select.POLLOUT)
+                except ssl.SSLWantReadError:
+                    self._wait(select.POLLIN)
         except OSError as exc:
             self.disconnect()
             raise redis.ConnectionError(f"writing to Redis: {exc}") from exc
@@ -115,7 +175,8 @@ class RedisPipe:
         assert self.sock is not None and self.inflight
         expected, _ = self.inflight[0]
         while len(self.replies) < expected:
-            self._read()
+            if not self._read():
+                self._wait(select.POLLIN)
         replies = [self.replies.popleft() for _ in range(expected)]
         self.sent_at.popleft()
         return replies, self.inflight.popleft()[1]
@@ -128,13 +189,13 @@ class RedisPipe:
     def deadline(self, timeout: float) -> float | None:
         return self.sent_at[0] + timeout if self.sent_at else None
 
-    def _read(self) -> None:
-        """One ``recv``: every reply it completes goes to ``replies``."""
+    def _read(self) -> bool:
+        """One ``recv``: every reply it completes goes to ``replies``; False if nothing
+        had arrived."""
         try:
             n = self.sock.recv_into(self.buf)
-        except TimeoutError as exc:
-            self.disconnect()
-            raise redis.TimeoutError("Redis did not answer in time") from exc
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
         except OSError as exc:
             self.disconnect()
             raise redis.ConnectionError(f"reading from Redis: {exc}") from exc
@@ -144,13 +205,15 @@ class RedisPipe:
         self.reader.feed(self.buf, 0, n)
         while (reply := self.reader.gets()) is not _MORE:
             self.replies.append(reply)
+        return True
 
     def more(self) -> bool:
         """Whether the next write's replies have (begun to) come in already."""
         if not self.inflight or self.sock is None:
             return False
-        return bool(self.replies) or bool(self.readable.poll(0)) or (
-            isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
+        if not self.replies:
+            self._read()  # non-blocking: reads what has come, or nothing
+        return bool(self.replies)
 
     def abandon(self) -> list[Any]:
         """The contexts of every write still in flight, oldest first; forgets them."""
