@@ -83,7 +83,9 @@ class Api:
     def fail(self, identity: bytes, rid: Any, exc: JobsupError) -> None:
         self.sock.send_multipart((identity, protocol.error(rid, exc)))
 
-    def handle(self, frames: list[bytes]) -> None:
+    def handle(self, frames: list[bytes], source: Callable[[], int] | None = None) -> None:
+        """One request; ``source`` gives the fd of the connection it came on (read only
+        for waits, which are dropped when that connection closes)."""
         if len(frames) != 2:
             if frames:
                 self.fail(frames[0], None, BadRequest(
@@ -94,6 +96,8 @@ class Api:
         try:
             rid, req = protocol.decode_request(frame, self.settings.cfg.api.max_message)
             op = req.op
+            if source is not None and (op == "wait" or (op == "submit" and req.wait)):
+                self.waiters.note_source(identity, source())
             if op in _READS_REDIS and not self.writer.up:
                 raise Unavailable("Redis is unreachable; nothing was changed, try again "
                                   "shortly (jobsup status shows Redis health)")

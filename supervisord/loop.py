@@ -20,6 +20,7 @@ import time
 
 import redis
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from supervisord import config as config_mod
 from supervisord.api import Api, Control
@@ -226,7 +227,9 @@ class Master:
         events_sock.setsockopt(zmq.SNDHWM, 100_000)
         bind(self.api_sock, cfg.api.endpoint)
         bind(events_sock, cfg.api.events)
-        for sock in (self.api_sock, events_sock, self.signals.rfd):
+        # Connections that close: their clients' waits are dropped.
+        self.monitor = self.api_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        for sock in (self.api_sock, events_sock, self.signals.rfd, self.monitor):
             poller.add(sock)
         self.events = events = Publisher(events_sock)
         self.wake_r, wake_w = os.pipe()
@@ -303,16 +306,30 @@ class Master:
 
     # -- input --------------------------------------------------------------------------
     def read_api(self, ready: dict) -> None:
+        if self.monitor in ready:
+            self.read_disconnects()
         if self.api_sock not in ready:
             return
         for _ in range(2000):
             try:
-                frames = self.api_sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.api_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.api.handle(frames)
+            last = frames[-1]
+            self.api.handle([f.bytes for f in frames], lambda last=last: last.get(zmq.SRCFD))
             if not self.api_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return  # cheaper than the exception of one more recv
+
+    def read_disconnects(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                n = self.waiters.disconnected(int(event["value"]))
+                if n:
+                    log.info("a client connection closed; dropped its %d wait(s)", n)
 
     def read_subscriptions(self, ready: dict) -> None:
         if self.events.sock in ready:

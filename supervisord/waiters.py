@@ -48,6 +48,7 @@ class Waiters:
         self.per_identity: Counter[bytes] = Counter()
         self.count = 0
         self.ready: list[Waiter] = []  # finished, to answer after the commit
+        self.on_fd: dict[int, set[bytes]] = {}  # connection fd -> identities that waited
         self._recheck_at = 0
 
     def __len__(self) -> int:
@@ -130,6 +131,14 @@ class Waiters:
             self.fail(w.identity, w.rid, Timeout(
                 f"{len(pending)} job(s) not finished in time: {', '.join(pending[:5])}",
                 ids=pending[:100]))
+
+    def note_source(self, identity: bytes, fd: int) -> None:
+        """The connection (fd) a waiting client's requests come on."""
+        self.on_fd.setdefault(fd, set()).add(identity)
+
+    def disconnected(self, fd: int) -> int:
+        """A client connection closed: drop the waits of every client seen on it."""
+        return sum(self.gone(identity) for identity in self.on_fd.pop(fd, ()))
 
     def gone(self, identity: bytes) -> int:
         """A client connection went away: drop its waits; returns how many."""

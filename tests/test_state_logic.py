@@ -244,3 +244,12 @@ def test_waiters_expire_on_the_given_clock():
     assert failed == []
     waiters.expire(10.0)
     assert failed[0][:2] == (b"c1", 1) and len(waiters) == 0 and waiters.by_job == {}
+
+
+def test_a_closed_connection_drops_the_waits_of_every_client_seen_on_it():
+    waiters = Waiters(store=None, reply=lambda *a: None, fail=lambda *a: None)
+    for identity, fd in ((b"c1", 7), (b"c2", 7), (b"c3", 8)):
+        waiters.note_source(identity, fd)
+        waiters.wait(identity, 1, ["j1"], ["running"], "records", None)
+    assert waiters.disconnected(7) == 2
+    assert len(waiters) == 1 and waiters.disconnected(7) == 0
