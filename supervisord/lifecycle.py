@@ -28,6 +28,7 @@ from supervisord.settings import Settings
 from supervisord.states import FailureKind, KillReason
 from supervisord.waiters import Waiters
 from supervisord.web.metrics import Metrics
+from supervisord.wire import worker as msgs
 from supervisord.writer import Batch
 
 log = logging.getLogger("jobsup.jobs")
@@ -70,8 +71,9 @@ class Lifecycle:
         the worker's current job (a pipelined job, for pools of short jobs)."""
         timeout = job.timeout or None
         run = Running(job=job, worker=w, started=0.0, deadline=None)
-        self.workers.send(w, ("run", job.token, job.id, job.type, job.payload, job.attempt,
-                              self.clock.time() + timeout if timeout else None))
+        self.workers.send(w, msgs.encode(msgs.Run(
+            job.token, job.id, job.type, job.payload, job.attempt,
+            self.clock.time() + timeout if timeout else None)))
         if w.job is None:
             self.begin(w, run)
         else:
@@ -326,7 +328,7 @@ class Lifecycle:
         run = self.running.get(job_id)
         if run is None or (token and run.job.token != token) or run.cancel_at is not None:
             return run is not None
-        self.workers.send(run.worker, ("cancel", run.job.token), control=True)
+        self.workers.send(run.worker, msgs.encode(msgs.Cancel(run.job.token)), control=True)
         run.cancel_at = (self.clock.monotonic()
                          + self.settings.policy(run.job.type).cancel_grace)
         return True

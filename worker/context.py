@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from supervisord.wire import worker as msgs
+
 
 class JobContext:
     """Per-attempt context handed to a handler as its second argument."""
@@ -34,10 +36,10 @@ class JobContext:
     def progress(self, pct: float, message: str = "") -> None:
         """Record progress (0-100) on the job and publish it to watchers."""
         pct = max(0.0, min(100.0, float(pct)))
-        self._send(("progress", self.token, pct, str(message)))
+        self._send(msgs.encode(msgs.Progress(self.token, pct, str(message))))
 
     def emit(self, chunk: str | bytes) -> None:
         """Stream a chunk of output to watchers (not stored on the record)."""
         if isinstance(chunk, bytes):
             chunk = chunk.decode("utf-8", "replace")
-        self._send(("emit", self.token, str(chunk)))
+        self._send(msgs.encode(msgs.Emit(self.token, str(chunk))))

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from supervisord.wire import worker as msgs
 from worker.channel import Channel, ChannelBroken, pack
 from worker.context import JobContext
 from worker.errors import Interrupt, JobFailure
@@ -81,15 +82,16 @@ class Runtime:
             except (ChannelBroken, OSError):
                 os._exit(70)  # the master is gone: nobody will take a result
             for frame in frames:
-                msg = msgpack.unpackb(frame, raw=False)
+                msg = msgs.decode_to_worker(msgpack.unpackb(frame, raw=False))
                 current = self.current
-                if msg[0] == "cancel" and current is not None and current.token == msg[1]:
+                if (isinstance(msg, msgs.Cancel) and current is not None
+                        and current.token == msg.token):
                     current._cancel.set()
 
     # -- jobs -------------------------------------------------------------
-    def run_job(self, msg: list) -> bool:
+    def run_job(self, msg: msgs.Run) -> bool:
         """Run one job; returns False when this worker should exit afterwards."""
-        _, token, job_id, job_type, payload, attempt, deadline = msg[:7]
+        token, job_id, job_type, payload, attempt, deadline = msg
         ctx = JobContext(job_id=job_id, job_type=job_type, attempt=attempt, deadline=deadline,
                          gpu=self.spec.get("gpu"), state=self.state, token=token,
                          send=self.send)
@@ -114,7 +116,7 @@ class Runtime:
         except BaseException as exc:  # a handler's sys.exit() or bug is its job's failure
             self._fail(token, "exception", exc)
         else:
-            self.send(("done", token, blob, "cancelled" if ctx.cancelled else ""))
+            self.send(msgs.encode(msgs.Done(token, blob, "cancelled" if ctx.cancelled else "")))
         finally:
             self.current = None
         return keep
@@ -123,21 +125,21 @@ class Runtime:
               retry_after: float | None = None) -> None:
         message = f"{type(exc).__name__}: {exc}"
         tb = "".join(traceback.format_exception(exc))
-        self.send(("error", token, kind, message[:4000], tb[-16000:], retry_after))
+        self.send(msgs.encode(msgs.Error(token, kind, message[:4000], tb[-16000:], retry_after)))
 
     def loop(self) -> int:
-        self.send(("ready", os.getpid()))
+        self.send(msgs.encode(msgs.Ready(os.getpid())))
         while True:
             try:
                 frames = self.chan.recv()
             except ChannelBroken:
                 return 70  # the master is gone
             for frame in frames:
-                msg = msgpack.unpackb(frame, raw=False)
-                if msg[0] == "run":
+                msg = msgs.decode_to_worker(msgpack.unpackb(frame, raw=False))
+                if isinstance(msg, msgs.Run):
                     if not self.run_job(msg):
                         return 0
-                elif msg[0] == "stop":
+                elif isinstance(msg, msgs.Stop):
                     return 0
 
 
@@ -155,7 +157,8 @@ def run(spec: dict) -> int:
         rt.load()
     except BaseException as exc:  # report why, then exit non-zero: the pool backs off
         tb = "".join(traceback.format_exception(exc))
-        rt.send(("init_failed", os.getpid(), f"{type(exc).__name__}: {exc}", tb[-8000:]))
+        rt.send(msgs.encode(msgs.InitFailed(os.getpid(), f"{type(exc).__name__}: {exc}",
+                                            tb[-8000:])))
         os._exit(3)
     # Handler modules and init's state (a model, say) live as long as the worker: keep
     # the garbage collector from walking them again on every full pass.

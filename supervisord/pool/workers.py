@@ -30,6 +30,7 @@ from supervisord.pool import process
 from supervisord.redis.store import Reserved
 from supervisord.settings import Settings
 from supervisord.states import KillReason, WorkerState
+from supervisord.wire import worker as msgs
 from worker import channel
 from worker.channel import Channel
 
@@ -331,7 +332,7 @@ class Workers:
         self.change(w, WorkerState.STOPPING, reason.value)
         w.kill_reason = w.kill_reason or reason
         w.kill_at = self.clock.monotonic() + self.settings.cfg.daemon.kill_grace
-        self.send(w, ("stop",))
+        self.send(w, msgs.encode(msgs.Stop()))
 
     def stop(self, w: WorkerHandle, reason: KillReason, grace: float | None = None) -> None:
         """Polite, then firm: SIGTERM the worker's tree now, SIGKILL at the deadline."""
