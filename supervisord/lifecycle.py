@@ -71,9 +71,8 @@ class Lifecycle:
         the worker's current job (a pipelined job, for pools of short jobs)."""
         timeout = job.timeout or None
         run = Running(job=job, worker=w, started=0.0, deadline=None)
-        self.workers.send(w, msgs.encode(msgs.Run(
-            job.token, job.id, job.type, job.payload, job.attempt,
-            self.clock.time() + timeout if timeout else None)))
+        self.workers.send(w, msgs.Run(job.token, job.id, job.type, job.payload, job.attempt,
+                                      self.clock.time() + timeout if timeout else None))
         if w.job is None:
             self.begin(w, run)
         else:
@@ -328,7 +327,7 @@ class Lifecycle:
         run = self.running.get(job_id)
         if run is None or (token and run.job.token != token) or run.cancel_at is not None:
             return run is not None
-        self.workers.send(run.worker, msgs.encode(msgs.Cancel(run.job.token)), control=True)
+        self.workers.send(run.worker, msgs.Cancel(run.job.token), control=True)
         run.cancel_at = (self.clock.monotonic()
                          + self.settings.policy(run.job.type).cancel_grace)
         return True

@@ -16,7 +16,6 @@ from supervisord.lifecycle import Lifecycle
 from supervisord.pool.process import describe_exit
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import WorkerHandle, Workers
-from supervisord.redis.store import unpack
 from supervisord.scheduler import Scheduler
 from supervisord.states import FailureKind, KillReason, WorkerState
 from supervisord.web.metrics import Metrics
@@ -63,8 +62,8 @@ class Results:
             return  # heartbeats
         for frame in frames:
             try:
-                self.message(w, msgs.decode(unpack(frame)))
-            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                self.message(w, msgs.decode(frame))
+            except (msgs.DecodeError, ValueError) as exc:
                 log.warning("worker %d pid %d sent a malformed message (%s: %s); ignored",
                             w.wid, w.pid, type(exc).__name__, exc)
 

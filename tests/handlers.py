@@ -83,8 +83,10 @@ def rude(payload: Any, ctx: JobContext) -> str:
     runtime = _runtime()
     with runtime.send_lock:
         runtime.chan.sock.sendall(runtime.chan.frame(b"\xc1 not msgpack"))
-    runtime.send(("error", ctx.token))  # a known kind with its fields missing
-    runtime.send(("done",))
+    with runtime.send_lock:
+        runtime.chan.send(("error", ctx.token))  # a known kind with its fields missing
+        runtime.chan.send(("done",))
+        runtime.chan.send(("progress", ctx.token, "not a number", 1))  # wrong types
     return "still here"
 
 

@@ -82,7 +82,11 @@ class Channel:
 
     # -- the worker's side: blocking ---------------------------------------------
     def send(self, msg: Any) -> None:
-        self.sock.sendall(self.frame(pack(msg)))
+        self.send_bytes(pack(msg))
+
+    def send_bytes(self, body: bytes) -> None:
+        """Send one frame whose body is already encoded."""
+        self.sock.sendall(self.frame(body))
 
     def recv(self) -> list[bytes]:
         """Block until at least one frame is in; raises ChannelBroken at EOF."""
@@ -98,7 +102,10 @@ class Channel:
     # -- the master's side: never blocks -------------------------------------------
     def post(self, msg: Any) -> None:
         """Queue a message and write what the socket takes now (see ``pending``)."""
-        self.outbox += self.frame(pack(msg))
+        self.post_bytes(pack(msg))
+
+    def post_bytes(self, body: bytes) -> None:
+        self.outbox += self.frame(body)
         self.flush()
 
     def flush(self) -> None:

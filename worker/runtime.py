@@ -52,9 +52,10 @@ class Runtime:
         self.state: Any = None
         self.current: JobContext | None = None
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: bytes) -> None:
+        """Send an encoded message (``wire.worker.encode``) to the master."""
         with self.send_lock:  # handlers may report progress from their own threads
-            self.chan.send(msg)
+            self.chan.send_bytes(msg)
 
     # -- start-up ---------------------------------------------------------
     def load(self) -> None:
@@ -82,7 +83,7 @@ class Runtime:
             except (ChannelBroken, OSError):
                 os._exit(70)  # the master is gone: nobody will take a result
             for frame in frames:
-                msg = msgs.decode_to_worker(msgpack.unpackb(frame, raw=False))
+                msg = msgs.decode_to_worker(frame)
                 current = self.current
                 if (isinstance(msg, msgs.Cancel) and current is not None
                         and current.token == msg.token):
@@ -91,7 +92,8 @@ class Runtime:
     # -- jobs -------------------------------------------------------------
     def run_job(self, msg: msgs.Run) -> bool:
         """Run one job; returns False when this worker should exit afterwards."""
-        token, job_id, job_type, payload, attempt, deadline = msg
+        token, job_id, job_type, payload = msg.token, msg.job_id, msg.type, msg.payload
+        attempt, deadline = msg.attempt, msg.deadline
         ctx = JobContext(job_id=job_id, job_type=job_type, attempt=attempt, deadline=deadline,
                          gpu=self.spec.get("gpu"), state=self.state, token=token,
                          send=self.send)
@@ -135,7 +137,7 @@ class Runtime:
             except ChannelBroken:
                 return 70  # the master is gone
             for frame in frames:
-                msg = msgs.decode_to_worker(msgpack.unpackb(frame, raw=False))
+                msg = msgs.decode_to_worker(frame)
                 if isinstance(msg, msgs.Run):
                     if not self.run_job(msg):
                         return 0

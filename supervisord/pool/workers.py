@@ -21,7 +21,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.config import PoolConfig
@@ -218,11 +218,11 @@ class Workers:
         return None
 
     # -- messages ---------------------------------------------------------------------
-    def send(self, w: WorkerHandle, msg: Any, control: bool = False) -> None:
+    def send(self, w: WorkerHandle, msg: msgs.ToWorker, control: bool = False) -> None:
         """Post a message to a worker; what its socket cannot take now waits for POLLOUT."""
         chan = w.control if control else w.chan
         was_pending = chan.pending
-        chan.post(msg)
+        chan.post_bytes(msgs.encode(msg))
         if chan.pending and not was_pending:
             self.watch.want_write(chan.fileno(), True)
 
@@ -332,7 +332,7 @@ class Workers:
         self.change(w, WorkerState.STOPPING, reason.value)
         w.kill_reason = w.kill_reason or reason
         w.kill_at = self.clock.monotonic() + self.settings.cfg.daemon.kill_grace
-        self.send(w, msgs.encode(msgs.Stop()))
+        self.send(w, msgs.Stop())
 
     def stop(self, w: WorkerHandle, reason: KillReason, grace: float | None = None) -> None:
         """Polite, then firm: SIGTERM the worker's tree now, SIGKILL at the deadline."""

@@ -1,38 +1,41 @@
-"""Master <-> worker messages as typed records.
+"""Master <-> worker messages as typed records (msgspec structs).
 
-On the socketpair a message is a msgpack array whose first item names it
-(cheapest to pack and unpack, measured against maps); on either side it is
-one of these NamedTuples, built by ``decode`` from the array, so no code
-indexes ``msg[2]``.  A message of an unknown name or the wrong length raises
-``ValueError``.
+On the socketpair a message is a msgpack array whose first item names it,
+then its fields in order; on either side it is one of these structs, decoded
+and type-checked in one call by msgspec.  Measured on the 2-vCPU VM against
+msgpack tuples turned into NamedTuples: about 4x faster to decode and 7x to
+encode (README, Design notes), with the same types.  A message of an unknown
+name, the wrong length or a wrong type raises ``msgspec.MsgspecError``.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import msgspec
 
 
-class Ready(NamedTuple):
-    NAME = "ready"
+class _Msg(msgspec.Struct, array_like=True, frozen=True, tag_field="_", tag=str.lower):
+    pass
+
+
+# -- worker to master ---------------------------------------------------------------
+
+class Ready(_Msg, tag="ready"):
     pid: int
 
 
-class InitFailed(NamedTuple):
-    NAME = "init_failed"
+class InitFailed(_Msg, tag="init_failed"):
     pid: int
     message: str
     traceback: str
 
 
-class Done(NamedTuple):
-    NAME = "done"
+class Done(_Msg, tag="done"):
     token: str
     result: bytes
     status: str  # "" or "cancelled": the handler returned after seeing ctx.cancelled
 
 
-class Error(NamedTuple):
-    NAME = "error"
+class Error(_Msg, tag="error"):
     token: str
     kind: str
     message: str
@@ -40,24 +43,20 @@ class Error(NamedTuple):
     retry_after: float | None
 
 
-class Progress(NamedTuple):
-    NAME = "progress"
+class Progress(_Msg, tag="progress"):
     token: str
     pct: float
     message: str
 
 
-class Emit(NamedTuple):
-    NAME = "emit"
+class Emit(_Msg, tag="emit"):
     token: str
     data: str
 
 
 # -- master to worker ---------------------------------------------------------------
 
-
-class Run(NamedTuple):
-    NAME = "run"
+class Run(_Msg, tag="run"):
     token: str
     job_id: str
     type: str
@@ -66,43 +65,32 @@ class Run(NamedTuple):
     deadline: float | None  # wall clock
 
 
-class Stop(NamedTuple):
-    NAME = "stop"
+class Stop(_Msg, tag="stop"):
+    pass
 
 
-class Cancel(NamedTuple):
-    NAME = "cancel"
+class Cancel(_Msg, tag="cancel"):
     token: str
 
 
 FromWorker = Ready | InitFailed | Done | Error | Progress | Emit
 ToWorker = Run | Stop | Cancel
-_FROM_WORKER: dict[str, Any] = {c.NAME: c for c in (Ready, InitFailed, Done, Error, Progress,
-                                                     Emit)}
-_TO_WORKER: dict[str, Any] = {c.NAME: c for c in (Run, Stop, Cancel)}
+DecodeError = msgspec.MsgspecError
+
+_encoder = msgspec.msgpack.Encoder()
+_from_worker = msgspec.msgpack.Decoder(FromWorker)
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
 
 
-def encode(msg: FromWorker | ToWorker) -> tuple:
-    """The array that goes on the socketpair: the message's name, then its fields."""
-    return (msg.NAME, *msg)
+def encode(msg: FromWorker | ToWorker) -> bytes:
+    return _encoder.encode(msg)
 
 
-def decode(msg: list) -> FromWorker:
-    """A worker's message as its record; ValueError if it is none of them."""
-    return _decode(msg, _FROM_WORKER)
+def decode(frame: bytes) -> FromWorker:
+    """A worker's message (the master's side)."""
+    return _from_worker.decode(frame)
 
 
-def decode_to_worker(msg: list) -> ToWorker:
-    """The master's message as its record (the worker's side)."""
-    return _decode(msg, _TO_WORKER)
-
-
-def _decode(msg: list, known: dict[str, Any]) -> Any:
-    if not isinstance(msg, list | tuple) or not msg:
-        raise ValueError(f"not a message: {type(msg).__name__}")
-    cls = known.get(msg[0]) if isinstance(msg[0], str) else None
-    if cls is None:
-        raise ValueError(f"unknown message {msg[0]!r}")
-    if len(msg) - 1 != len(cls._fields):
-        raise ValueError(f"{msg[0]} with {len(msg) - 1} fields, expected {len(cls._fields)}")
-    return cls._make(msg[1:])
+def decode_to_worker(frame: bytes) -> ToWorker:
+    """The master's message (the worker's side)."""
+    return _to_worker.decode(frame)
