@@ -101,7 +101,7 @@ def test_a_worker_due_to_leave_is_never_idle(workers, clock):
     workers.ready(w)
     workers.take(w, Running(job=reserved("j1"), worker=w, started=0.0, deadline=None))
     w.leave = KillReason.RETIRE
-    w.chan = SimpleNamespace(pending=False, post=lambda msg: None, fileno=lambda: -1)
+    w.chan = SimpleNamespace(pending=False, post_bytes=lambda body: None, fileno=lambda: -1)
     assert workers.free(w) is None
     assert w.state is WorkerState.STOPPING and w.kill_reason is KillReason.RETIRE
     assert w.kill_at == clock.monotonic() + workers.settings.cfg.daemon.kill_grace
@@ -115,7 +115,7 @@ def test_recycled_after_max_jobs(clock):
                                                 "pool": "cpu"}}}))
     ws = Workers(s, NoPoller(), clock=clock)
     w = handle(ws, 1, clock)
-    w.chan = SimpleNamespace(pending=False, post=lambda msg: None, fileno=lambda: -1)
+    w.chan = SimpleNamespace(pending=False, post_bytes=lambda body: None, fileno=lambda: -1)
     ws.ready(w)
     for n in (1, 2):
         ws.take(w, Running(job=reserved(f"j{n}"), worker=w, started=0.0, deadline=None))
@@ -253,3 +253,108 @@ def test_a_closed_connection_drops_the_waits_of_every_client_seen_on_it():
         waiters.wait(identity, 1, ["j1"], ["running"], "records", None)
     assert waiters.disconnected(7) == 2
     assert len(waiters) == 1 and waiters.disconnected(7) == 0
+
+
+# -- lifecycle and shutdown, with the clock and a batch instead of Redis -----------------
+
+def lifecycle_parts(workers, clock):
+    from supervisord.events import Publisher
+    from supervisord.lifecycle import Lifecycle
+    from supervisord.web.metrics import Metrics
+    from supervisord.writer import Batch
+
+    queued, due = [], []
+    sent: list = []
+    jobs = Lifecycle(workers.settings, Batch(), workers, Publisher(None), Metrics(),
+                     Waiters(store=None, reply=lambda *a: None, fail=lambda *a: None),
+                     queued=queued.append, due=due.append, clock=clock)
+    return jobs, queued, due, sent
+
+
+def channel(sent: list) -> SimpleNamespace:
+    return SimpleNamespace(pending=False, post_bytes=sent.append, fileno=lambda: -1)
+
+
+def test_a_short_job_writes_start_and_success_as_one_op(workers, clock):
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    w = handle(workers, 1, clock)
+    w.chan = w.control = channel(sent)
+    workers.ready(w)
+    jobs.start(w, reserved("j1"))
+    assert len(sent) == 1 and jobs.running["j1"].worker is w
+    clock.advance(0.001)
+    jobs.record_due_starts(clock.time())  # 1 ms: too early to write the start alone
+    assert jobs.batch.ops == []
+    jobs.succeed(jobs.running["j1"], b"\xc0")
+    [op] = jobs.batch.ops
+    assert op.kind == "ran" and op.args.result == b"\xc0" and op.args.worker == "n1:1001"
+
+
+def test_a_long_job_writes_its_start_after_the_delay(workers, clock):
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    w = handle(workers, 1, clock)
+    w.chan = w.control = channel(sent)
+    workers.ready(w)
+    jobs.start(w, reserved("j1"))
+    clock.advance(0.006)
+    jobs.record_due_starts(clock.time())
+    assert [op.kind for op in jobs.batch.ops] == ["start"]
+    assert jobs.next_start_write is None
+
+
+def test_a_failed_attempt_is_retried_after_backoff_on_the_clock(workers, clock):
+    from supervisord.states import FailureKind
+
+    jobs, queued, due, sent = lifecycle_parts(workers, clock)
+    w = handle(workers, 1, clock)
+    w.chan = w.control = channel(sent)
+    workers.ready(w)
+    jobs.start(w, reserved("j1"))
+    jobs.fail(jobs.running["j1"], FailureKind.EXCEPTION, "boom")
+    kinds = [op.kind for op in jobs.batch.ops]
+    assert kinds == ["start", "retry"]
+    retry = jobs.batch.ops[1].args
+    assert clock.time() <= retry.run_at <= clock.time() + 1.0  # backoff base 1 s, jitter
+    assert due == [retry.run_at] or (retry.run_at == 0.0 and queued == ["a"])
+
+
+def test_cancel_of_a_running_job_reaches_its_worker_then_the_grace_runs_out(workers, clock):
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    dog = Watchdog(workers.settings, workers, rss_gauge=None)
+    w = handle(workers, 1, clock)
+    w.chan = w.control = channel(sent)
+    workers.ready(w)
+    jobs.start(w, reserved("j1"))
+    assert jobs.request_cancel("j1") is True
+    assert len(sent) == 2  # the run, then the cancel on the control channel
+    clock.advance(workers.settings.policy("a").cancel_grace + 0.1)
+    assert [v.reason for v in dog.verdicts(clock.monotonic())] == [KillReason.CANCEL]
+
+
+def test_graceful_shutdown_retires_idle_workers_and_gives_buffered_jobs_back(workers, clock):
+    from supervisord.shutdown import Shutdown
+    from supervisord.writer import Writer
+
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    sched = Scheduler(workers.settings, workers, jobs)
+    sched.queue("cpu").buffer.extend([reserved("b1"), reserved("b2")])
+    idle, busy = handle(workers, 1, clock), handle(workers, 2, clock)
+    for w in (idle, busy):
+        w.chan = w.control = channel(sent)
+        workers.ready(w)
+    jobs.start(busy, reserved("r1"))
+    phase = PhaseMachine()
+    writer = Writer(store=None, pipe=SimpleNamespace(busy=False), settings=workers.settings,
+                    watch_fd=lambda fd: None, wake=-1, clock=clock)
+    writer.batch = jobs.batch
+    down = Shutdown(phase, workers.settings, workers, jobs, sched, writer, clock=clock)
+    down.begin(fast=False, why="test")
+    assert phase.now is Phase.DRAINING
+    assert [op.kind for op in jobs.batch.ops] == ["requeue", "requeue"]  # b1, b2 given back
+    down.step(clock.monotonic())
+    assert idle.state is WorkerState.STOPPING and idle.kill_reason is KillReason.SHUTDOWN
+    assert busy.state is WorkerState.BUSY and busy.leave is KillReason.SHUTDOWN
+    assert phase.now is Phase.DRAINING  # the running job has shutdown_grace to finish
+    jobs.succeed(jobs.running["r1"], b"\xc0")
+    jobs.finished_run(busy)
+    assert busy.state is WorkerState.STOPPING  # done: it leaves instead of idling
