@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from supervisord.client import Client
 from supervisord.errors import Unavailable
@@ -39,6 +41,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    """Every sample on a daemon's /metrics, keyed by (name, labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from supervisord import Client, errors
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -275,16 +273,6 @@ def test_events_for_a_finished_job_end_at_once(c):
 # -- metrics and retries -----------------------------------------------------------------
 
 
-def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
 def metric(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
@@ -301,14 +289,15 @@ def test_metrics(daemon):
 
         running = c.submit("sleep", {"seconds": 30})
         try:
-            wait_for(lambda: metric(scrape(port), "jobsup_jobs_running", pool="default") == 1,
+            wait_for(lambda: metric(scrape_metrics(port), "jobsup_jobs_running",
+                                    pool="default") == 1,
                      20, 0.1, "jobs_running to show the sleep job")
         finally:
             c.cancel(running)
             c.wait(running, timeout=20)
 
     def settled() -> dict | None:
-        m = scrape(port)
+        m = scrape_metrics(port)
         want = {("jobsup_jobs_running", "default"): 0, ("jobsup_queue_depth", "default"): 0,
                 ("jobsup_workers", "idle"): 2}
         got = {("jobsup_jobs_running", "default"): metric(m, "jobsup_jobs_running",
@@ -363,7 +352,7 @@ def test_retry_then_fail(daemon):
     assert states[-2:] == ["running", "failed"]
     assert states.count("running") == 2
     assert set(states[2:-2]) <= {"scheduled", "queued"}  # backoff, then due
-    m = scrape(port)
+    m = scrape_metrics(port)
     assert metric(m, "jobsup_jobs_retried_total", type="fail", kind="exception") == 1
     assert metric(m, "jobsup_jobs_failed_total", type="fail", kind="exception") == 1
 

@@ -275,12 +275,18 @@ def channel(sent: list) -> SimpleNamespace:
     return SimpleNamespace(pending=False, post_bytes=sent.append, fileno=lambda: -1)
 
 
-def test_a_short_job_writes_start_and_success_as_one_op(workers, clock):
-    jobs, _, _, sent = lifecycle_parts(workers, clock)
-    w = handle(workers, 1, clock)
+def started(workers, clock, jobs, sent, wid: int = 1, job_id: str = "j1") -> WorkerHandle:
+    """A ready worker of the pool that has just been handed ``job_id``."""
+    w = handle(workers, wid, clock)
     w.chan = w.control = channel(sent)
     workers.ready(w)
-    jobs.start(w, reserved("j1"))
+    jobs.start(w, reserved(job_id))
+    return w
+
+
+def test_a_short_job_writes_start_and_success_as_one_op(workers, clock):
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    w = started(workers, clock, jobs, sent)
     assert len(sent) == 1 and jobs.running["j1"].worker is w
     clock.advance(0.001)
     jobs.record_due_starts(clock.time())  # 1 ms: too early to write the start alone
@@ -292,10 +298,7 @@ def test_a_short_job_writes_start_and_success_as_one_op(workers, clock):
 
 def test_a_long_job_writes_its_start_after_the_delay(workers, clock):
     jobs, _, _, sent = lifecycle_parts(workers, clock)
-    w = handle(workers, 1, clock)
-    w.chan = w.control = channel(sent)
-    workers.ready(w)
-    jobs.start(w, reserved("j1"))
+    started(workers, clock, jobs, sent)
     clock.advance(0.006)
     jobs.record_due_starts(clock.time())
     assert [op.kind for op in jobs.batch.ops] == ["start"]
@@ -306,10 +309,7 @@ def test_a_failed_attempt_is_retried_after_backoff_on_the_clock(workers, clock):
     from supervisord.states import FailureKind
 
     jobs, queued, due, sent = lifecycle_parts(workers, clock)
-    w = handle(workers, 1, clock)
-    w.chan = w.control = channel(sent)
-    workers.ready(w)
-    jobs.start(w, reserved("j1"))
+    started(workers, clock, jobs, sent)
     jobs.fail(jobs.running["j1"], FailureKind.EXCEPTION, "boom")
     kinds = [op.kind for op in jobs.batch.ops]
     assert kinds == ["start", "retry"]
@@ -321,10 +321,7 @@ def test_a_failed_attempt_is_retried_after_backoff_on_the_clock(workers, clock):
 def test_cancel_of_a_running_job_reaches_its_worker_then_the_grace_runs_out(workers, clock):
     jobs, _, _, sent = lifecycle_parts(workers, clock)
     dog = Watchdog(workers.settings, workers, rss_gauge=None)
-    w = handle(workers, 1, clock)
-    w.chan = w.control = channel(sent)
-    workers.ready(w)
-    jobs.start(w, reserved("j1"))
+    started(workers, clock, jobs, sent)
     assert jobs.request_cancel("j1") is True
     assert len(sent) == 2  # the run, then the cancel on the control channel
     clock.advance(workers.settings.policy("a").cancel_grace + 0.1)

@@ -14,13 +14,11 @@ and talk to the test through marker files.
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import wait_for
+from tests.conftest import scrape_metrics, wait_for
 
 COOP = {"coop": {"handler": "tests.handlers:cooperative", "timeout": 30, "max_attempts": 1}}
 HOLD = {"hold": {"handler": "tests.handlers:hold", "timeout": 60, "max_attempts": 1}}
@@ -77,18 +75,8 @@ def test_cancel_right_after_start_reaches_handler_and_settles_after_it_stops(
 
 
 # -- 2. queue_depth counts the jobs a node holds ahead of its workers -----------------------
-def _scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
 def _depths(c, port: int) -> tuple[float | None, int | None]:
-    gauge = _scrape(port).get(("jobsup_queue_depth", frozenset({("pool", "default")})))
+    gauge = scrape_metrics(port).get(("jobsup_queue_depth", frozenset({("pool", "default")})))
     pool = next(p for p in c.status()["pools"] if p["name"] == "default")
     return gauge, pool["queued"]
 
