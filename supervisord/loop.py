@@ -32,6 +32,7 @@ from supervisord.lifecycle import Lifecycle
 from supervisord.logs import Logs
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
+from supervisord.poller import Poller
 from supervisord.pool import process
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import Workers
@@ -56,28 +57,6 @@ log = logging.getLogger("jobsup.master")
 
 _PROGRESS_EVERY = 0.2  # seconds between progress writes to Redis for one job
 _TIMERS = {"watchdog": 0.25, "reconcile": 0.1, "waiters": 0.1, "discover": 0.2, "slow": 1.0}
-
-
-class Poller:
-    """zmq.Poller over sockets and fds, tolerant of fds already gone."""
-
-    def __init__(self) -> None:
-        self.poller = zmq.Poller()
-
-    def add(self, fd: int | zmq.Socket) -> None:
-        self.poller.register(fd, zmq.POLLIN)
-
-    def want_write(self, fd: int, on: bool) -> None:
-        self.poller.modify(fd, zmq.POLLIN | zmq.POLLOUT if on else zmq.POLLIN)
-
-    def remove(self, fd: int) -> None:
-        try:
-            self.poller.unregister(fd)
-        except KeyError:
-            pass
-
-    def poll(self, timeout_ms: int) -> dict:
-        return dict(self.poller.poll(timeout_ms))
 
 
 class Master:
@@ -229,8 +208,10 @@ class Master:
         bind(events_sock, cfg.api.events)
         # Connections that close: their clients' waits are dropped.
         self.monitor = self.api_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        for sock in (self.api_sock, events_sock, self.signals.rfd, self.monitor):
-            poller.add(sock)
+        poller.add(self.api_sock, always=True)  # replies are sent on it
+        poller.add(events_sock, always=True)  # events are published on it
+        poller.add(self.monitor)
+        poller.add(self.signals.rfd)
         self.events = events = Publisher(events_sock)
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
