@@ -213,6 +213,8 @@ class Master:
         poller.add(self.monitor)
         poller.add(self.signals.rfd)
         self.events = events = Publisher(events_sock)
+        self.phase.on_change = lambda old, new, why: events.publish(
+            "daemon", "phase", phase=new.value, was=old.value, why=why)
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         poller.add(self.wake_r)

@@ -8,6 +8,7 @@ gives up after repeated internal errors).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from supervisord.errors import InvalidTransition
 from supervisord.states import Phase
@@ -23,8 +24,9 @@ _MOVES = {
 
 
 class PhaseMachine:
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[Phase, Phase, str], None] | None = None) -> None:
         self.now = Phase.RUNNING
+        self.on_change = on_change  # (old, new, why): the loop publishes it as an event
 
     @property
     def running(self) -> bool:
@@ -39,4 +41,6 @@ class PhaseMachine:
         if new not in _MOVES[self.now]:
             raise InvalidTransition(f"daemon phase {self.now} -> {new} ({why})")
         log.info("phase %s -> %s (%s)", self.now, new, why)
-        self.now = new
+        old, self.now = self.now, new
+        if self.on_change is not None:
+            self.on_change(old, new, why)

@@ -141,7 +141,8 @@ def test_restart_backoff_grows_then_calms(workers, clock):
 # -- the phase machine ------------------------------------------------------------------------
 
 def test_phase_moves_down_only():
-    p = PhaseMachine()
+    seen: list = []
+    p = PhaseMachine(on_change=lambda old, new, why: seen.append((old, new, why)))
     assert p.running
     p.to(Phase.DRAINING, "SIGTERM")
     with pytest.raises(InvalidTransition):
@@ -149,6 +150,7 @@ def test_phase_moves_down_only():
     p.to(Phase.STOPPING, "drained")
     p.to(Phase.DONE, "stopped")
     assert p.done
+    assert seen[0] == (Phase.RUNNING, Phase.DRAINING, "SIGTERM") and len(seen) == 3
     with pytest.raises(InvalidTransition):
         p.to(Phase.STOPPING, "after done")
 
