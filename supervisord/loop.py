@@ -32,7 +32,7 @@ from supervisord.lifecycle import Lifecycle
 from supervisord.logs import Logs
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
-from supervisord.poller import Poller
+from supervisord.poller import EVENTS, POLLIN, POLLOUT, Poller
 from supervisord.pool import process
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import Workers
@@ -72,6 +72,7 @@ class Master:
         self.poller = Poller()
         self.embedded: EmbeddedRedis | None = None
         self.timers: dict[str, float] = {}
+        self.next_timer = 0.0  # the earliest of ``timers``
         self._errors: list[float] = []
         self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
@@ -146,7 +147,7 @@ class Master:
         if self.can_write():
             return 0
         now = time.monotonic()
-        wake = [now + 1.0, *self.timers.values()]
+        wake = [now + 1.0, self.next_timer]
         for deadline in (self.watchdog.next_deadline(), self.writer.deadline()):
             if deadline is not None:
                 wake.append(deadline)
@@ -300,7 +301,7 @@ class Master:
                 return
             last = frames[-1]
             self.api.handle([f.bytes for f in frames], lambda last=last: last.get(zmq.SRCFD))
-            if not self.api_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not self.api_sock.getsockopt(EVENTS) & POLLIN:
                 return  # cheaper than the exception of one more recv
 
     def read_disconnects(self) -> None:
@@ -324,9 +325,9 @@ class Master:
             if not isinstance(fd, int) or fd not in channels:
                 continue
             w, chan = channels[fd]
-            if events & zmq.POLLOUT:
+            if events & POLLOUT:
                 self.workers.writable(chan)
-            if events & zmq.POLLIN:
+            if events & POLLIN:
                 self.results.readable(w, chan)
 
     def reap(self, ready: dict) -> None:
@@ -487,30 +488,43 @@ class Master:
         return True
 
     def tick(self) -> None:
-        """Timers: cheap when nothing is due."""
+        """Timers: cheap when nothing is due (a job's round trip takes several passes)."""
         jobs = self.jobs
         if jobs.next_start_write is not None and time.time() >= jobs.next_start_write:
             jobs.record_due_starts(time.time())
         now = time.monotonic()
         deadline = self.watchdog.next_deadline()
-        if (deadline is not None and now >= deadline) or self.due("watchdog", now):
+        if deadline is not None and now >= deadline:
             # Heartbeats that came while this pass was blocked are not read yet.
             self.watchdog.check(now, heartbeats=now - self.polled < 0.25)
-        if not self.phase.running:
-            self.shutdown.step(now)
-        elif self.due("reconcile", now) or self.results.changed:
-            self.results.changed = False
-            self.workers.reconcile(accepting=True)
-            self.check_startable()
         for run in jobs.running.values():
             if run.progress is not None and now - run.progress_written >= _PROGRESS_EVERY:
                 jobs.write_progress(run)
+        if not self.phase.running:
+            self.shutdown.step(now)
+        elif self.results.changed:
+            self.reconcile()
+        if now >= self.next_timer:
+            self.timed(now)
+
+    def timed(self, now: float) -> None:
+        """The periodic timers, once the earliest of them is due."""
+        if self.due("watchdog", now):
+            self.watchdog.check(now, heartbeats=now - self.polled < 0.25)
+        if self.due("reconcile", now) and self.phase.running:
+            self.reconcile()
         if self.due("waiters", now):
             self.waiters.expire(now)
         if self.due("discover", now):
             self.scheduler.discover()
         if self.due("slow", now):
             self.slow_tick(now)
+        self.next_timer = min(self.timers[name] for name in _TIMERS)
+
+    def reconcile(self) -> None:
+        self.results.changed = False
+        self.workers.reconcile(accepting=True)
+        self.check_startable()
 
     def slow_tick(self, now: float) -> None:
         """Once a second: gauges, other nodes, retention, remote cancels and waits."""

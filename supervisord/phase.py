@@ -26,21 +26,15 @@ _MOVES = {
 class PhaseMachine:
     def __init__(self, on_change: Callable[[Phase, Phase, str], None] | None = None) -> None:
         self.now = Phase.RUNNING
+        self.running = True  # taking submits and dispatching (read several times a pass)
+        self.done = False
         self.on_change = on_change  # (old, new, why): the loop publishes it as an event
-
-    @property
-    def running(self) -> bool:
-        """Taking submits and dispatching."""
-        return self.now is Phase.RUNNING
-
-    @property
-    def done(self) -> bool:
-        return self.now is Phase.DONE
 
     def to(self, new: Phase, why: str) -> None:
         if new not in _MOVES[self.now]:
             raise InvalidTransition(f"daemon phase {self.now} -> {new} ({why})")
         log.info("phase %s -> %s (%s)", self.now, new, why)
         old, self.now = self.now, new
+        self.running, self.done = new is Phase.RUNNING, new is Phase.DONE
         if self.on_change is not None:
             self.on_change(old, new, why)

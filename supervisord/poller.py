@@ -17,6 +17,8 @@ import select
 import zmq
 
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
+# Plain ints: pyzmq's flags are IntFlag members, whose operators run in Python.
+POLLIN, POLLOUT, EVENTS, _FD = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.EVENTS), int(zmq.FD)
 
 
 class Poller:
@@ -30,7 +32,7 @@ class Poller:
     def add(self, what: int | zmq.Socket, always: bool = False) -> None:
         """Watch an fd, or a ZeroMQ socket; ``always``: the loop also sends on it."""
         if isinstance(what, zmq.Socket):
-            fd = what.getsockopt(zmq.FD)
+            fd = what.getsockopt(_FD)
             self._zmq[fd] = what
             if always:
                 self._always.append(what)
@@ -49,13 +51,13 @@ class Poller:
     def poll(self, timeout_ms: int) -> dict:
         ready: dict = {}
         for sock in self._always:
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                ready[sock] = zmq.POLLIN
+            if sock.getsockopt(EVENTS) & POLLIN:
+                ready[sock] = POLLIN
         for fd, events in self._poll.poll(0 if ready else timeout_ms):
             sock = self._zmq.get(fd)
             if sock is None:
-                ready[fd] = (zmq.POLLIN if events & _IN else 0) | (
-                    zmq.POLLOUT if events & select.POLLOUT else 0)
-            elif sock not in ready and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                ready[sock] = zmq.POLLIN
+                ready[fd] = (POLLIN if events & _IN else 0) | (
+                    POLLOUT if events & select.POLLOUT else 0)
+            elif sock not in ready and sock.getsockopt(EVENTS) & POLLIN:
+                ready[sock] = POLLIN
         return ready

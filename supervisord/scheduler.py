@@ -91,7 +91,10 @@ class Scheduler:
                 for p in self.workers.pools.values() if (n := self.want(p))}
 
     def eager(self) -> bool:
-        """Some pool would take jobs from Redis now."""
+        """Some pool would take jobs from Redis now (asked several times a pass: the
+        common answer, no hot type anywhere, is found without looking at workers)."""
+        if not any(q.hot for q in self.queues.values()):
+            return False
         return any(self.want(p) for p in self.workers.pools.values())
 
     def ran(self, pool: str, seconds: float) -> None:

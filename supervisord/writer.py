@@ -134,7 +134,7 @@ class Writer:
 
     def reserving(self) -> bool:
         """A reservation is in flight (how many to take next depends on its reply)."""
-        return any(wants for wants, _ in self.pipe.contexts())
+        return any(context[0] for _, context in self.pipe.inflight)
 
     def ok(self) -> None:
         if not self.up:
