@@ -220,49 +220,52 @@ class Api:
         if status == "missing":
             raise NotFound(f"no job {req.id} (it never existed or has expired)")
         if status in ("running", "held"):
-            result = {"id": req.id, "status": "cancelling", "local": self.scheduler.cancel(req.id)}
+            result = protocol.CancelReply(id=req.id, status="cancelling",
+                                          local=self.scheduler.cancel(req.id))
         elif status == "cancelled":
             self.waiters.finished(req.id)
             self.waiters.answer_ready()
-            result = {"id": req.id, "status": "cancelled"}
+            result = protocol.CancelReply(id=req.id, status="cancelled")
         else:
-            result = {"id": req.id, "status": status, "message": f"job already {status}"}
+            result = protocol.CancelReply(id=req.id, status=status,
+                                          message=f"job already {status}")
         self.reply(identity, rid, result)
 
     def op_jobs(self, identity: bytes, rid: Any, req: protocol.Jobs) -> None:
         tag = (req.tag[0], req.tag[1]) if req.tag else None
         ids, cursor = self.store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
         records = [r for r in self.store.get_many(ids) if r is not None]
-        self.reply(identity, rid, {"jobs": records, "cursor": cursor})
+        self.reply(identity, rid, protocol.JobsReply(jobs=records, cursor=cursor))
 
     def op_dlq(self, identity: bytes, rid: Any, req: protocol.DeadLetters) -> None:
         store = self.store
         if req.action == "list":
             ids = store.dead_letter_ids(req.limit)
-            result: Any = {"jobs": [r for r in store.get_many(ids) if r is not None],
-                           "total": store.dead_letter_count()}
+            result = protocol.DeadLettersReply(
+                jobs=[r for r in store.get_many(ids) if r is not None],
+                total=store.dead_letter_count())
         else:
             if req.action == "retry" and not self.phase.running:
                 raise ShuttingDown("the daemon is shutting down; retry dead letters later")
             done = store.dead_letters(req.action, req.ids)
             if req.action == "retry":
                 self.scheduler.wake_all()
-            result = {"ids": done}
+            result = protocol.DeadLettersReply(ids=done)
         self.reply(identity, rid, result)
 
     def op_status(self, identity: bytes, rid: Any, req: protocol.Status) -> None:
         self.reply(identity, rid, self.control.describe())
 
     def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
-        self.reply(identity, rid, {"node": self.settings.node, "pid": os.getpid(),
-                                   "version": protocol.PROTOCOL_VERSION,
-                                   "events": self.settings.cfg.api.events})
+        self.reply(identity, rid, protocol.PingReply(
+            node=self.settings.node, pid=os.getpid(), version=protocol.PROTOCOL_VERSION,
+            events=self.settings.cfg.api.events))
 
     def op_shutdown(self, identity: bytes, rid: Any, req: protocol.Shutdown) -> None:
         self.control.shutdown(req.fast, "stop requested over the API")
-        self.reply(identity, rid, {"stopping": True, "fast": req.fast})
+        self.reply(identity, rid, protocol.ShutdownReply(stopping=True, fast=req.fast))
 
     def op_reload(self, identity: bytes, rid: Any, req: protocol.Reload) -> None:
         errors = self.control.reload()
-        self.reply(identity, rid, {"reloaded": not errors, "errors": errors})
+        self.reply(identity, rid, protocol.ReloadReply(reloaded=not errors, errors=errors))
 

@@ -51,6 +51,7 @@ from supervisord.states import Phase, WorkerState
 from supervisord.status import Sources, describe, queue_depths
 from supervisord.waiters import Waiters
 from supervisord.web.metrics import Metrics
+from supervisord.wire.api import SubmitReply
 from supervisord.writer import Commit, Failure, Writer
 
 log = logging.getLogger("jobsup.master")
@@ -478,7 +479,7 @@ class Master:
                                   pending.wait_timeout)
                 continue
             self.reply(pending.identity, pending.rid,
-                       ids if pending.many else {"id": ids[0], "new": rows[0][1]})
+                       ids if pending.many else SubmitReply(id=ids[0], new=rows[0][1]))
 
     # -- timers -----------------------------------------------------------------------------
     def due(self, name: str, now: float) -> bool:

@@ -7,7 +7,7 @@ the reply is one frame ``{"v": 1, "rid": ..., "ok": true, "result": ...}`` or
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import msgpack
 import pydantic
@@ -116,6 +116,53 @@ Request = Annotated[
 _REQUEST = TypeAdapter(Request)
 OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "dlq", "status",
               "ping", "shutdown", "reload")
+
+
+# -- replies ---------------------------------------------------------------------------
+# The ``result`` of each operation.  The daemon builds these itself, so they are
+# typed for readers and checkers (TypedDict costs nothing at run time); requests,
+# which come from the network, are validated by the models above.  A job record is
+# the map of DESIGN §3 (``redis.store.decode_record``), and ``status`` the map that
+# ``status.describe`` builds.
+
+class SubmitReply(TypedDict):
+    id: str
+    new: bool  # False: an idempotency key found the job it names
+
+
+class CancelReply(TypedDict, total=False):
+    id: str
+    status: str  # cancelled, cancelling, or the final status it already had
+    local: bool  # the job runs or waits on this node, which stops it at once
+    message: str
+
+
+class JobsReply(TypedDict):
+    jobs: list[dict]
+    cursor: str | None  # pass back for the next page; None after the last
+
+
+class DeadLettersReply(TypedDict, total=False):
+    jobs: list[dict]  # action list
+    total: int
+    ids: list[str]  # actions retry and purge: the jobs they touched
+
+
+class PingReply(TypedDict):
+    node: str
+    pid: int
+    version: int
+    events: str
+
+
+class ShutdownReply(TypedDict):
+    stopping: bool
+    fast: bool
+
+
+class ReloadReply(TypedDict):
+    reloaded: bool
+    errors: list[dict]
 
 
 def encode(obj: Any) -> bytes:
