@@ -359,6 +359,8 @@ class Master:
                 self.resize(1 if sig == signal.SIGTTIN else -1)
 
     def worker_changed(self, w, old: WorkerState, why: str) -> None:
+        if not self.events.wanted("worker"):
+            return  # twice a job: build nothing nobody would receive
         self.events.publish("worker", "worker", pid=w.pid, pool=w.pool, wid=w.wid,
                             state=w.state.value, was=old.value, why=why)
 
