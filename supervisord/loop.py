@@ -238,6 +238,9 @@ class Master:
         self.api = Api(self.api_sock, settings, self.store, IdGenerator(), self.phase,
                        self.writer, self.scheduler, self.jobs, self.waiters,
                        Control(self.shutdown.begin, self.reload, self.describe))
+        # A ZeroMQ socket's fd signals only new messages once a read has found it empty:
+        # read the monitor empty now, so that its first event wakes the loop.
+        self.read_disconnects()
         self.parts = (self.writer, self.workers, self.watchdog, self.jobs, self.scheduler,
                       self.shutdown, self.api)
         self.settings = settings

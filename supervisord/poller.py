@@ -7,7 +7,9 @@ sockets are polled by their notification fd (``ZMQ_FD``), which only signals
 that something changed, and asked for their events only when that fd fires,
 or, for sockets the loop also writes to (``always``), once before sleeping:
 a send may take in the wake-up of a message that arrived meanwhile, and the
-fd would then not signal it again.
+fd would then not signal it again.  The fd signals a new message only once a
+read has found the socket empty, so the loop reads a socket to ``EAGAIN``
+whenever it is ready, and once at start.
 """
 
 from __future__ import annotations
