@@ -304,9 +304,16 @@ class Master:
             except zmq.Again:
                 return
             last = frames[-1]
-            self.api.handle([f.bytes for f in frames], lambda last=last: last.get(zmq.SRCFD))
+            self.api.handle([f.bytes for f in frames], lambda last=last: self.source(last))
             if not self.api_sock.getsockopt(EVENTS) & POLLIN:
                 return  # cheaper than the exception of one more recv
+
+    def source(self, frame: zmq.Frame) -> int:
+        """The fd of the connection a request came on.  Closes reported before it are
+        read first: the fd of a connection that closed is soon another's, and its late
+        close event must not drop the new connection's waits."""
+        self.read_disconnects()
+        return frame.get(zmq.SRCFD)
 
     def read_disconnects(self) -> None:
         while True:

@@ -28,7 +28,7 @@ import msgpack
 import pytest
 import zmq
 
-from supervisord.errors import BadRequest, JobsupError, Unavailable, ValidationError
+from supervisord.errors import BadRequest, JobsupError, Timeout, Unavailable, ValidationError
 from tests.conftest import ROOT, Daemon, wait_for
 
 SOCKET_TIMEOUT = 1.0
@@ -402,3 +402,37 @@ def test_waits_of_one_client_are_bounded(daemon_factory):
             sock.close(linger=0)
             ctx.term()
         _settle_waiters(c, lambda n: n == 0, 10, "the closed flood's waits to be dropped")
+
+
+@pytest.mark.timeout(90)
+def test_a_connection_on_a_reused_fd_keeps_its_waits(daemon_factory):
+    """A closed connection's fd is soon another's: the late close event of the first must
+    not drop the waits of the second (it did once, right after a daemon restart)."""
+    d = daemon_factory()
+    with d.client() as c:
+        jid = _never_finishing(c)
+    stop = threading.Event()
+
+    def keep_busy() -> None:  # a busy loop reads its monitor later: the race is wider
+        with d.client(timeout=30) as busy:
+            while not stop.is_set():
+                busy.submit_many("noop", [None] * 2000)
+
+    loader = threading.Thread(target=keep_busy, daemon=True)
+    loader.start()
+    try:
+        _reuse_fds(d, jid)
+    finally:
+        stop.set()
+        loader.join(30)
+
+
+def _reuse_fds(d: Daemon, jid: str) -> None:
+    for n in range(30):
+        with d.client() as first:
+            first.call("ping")
+        with d.client(timeout=10) as second:
+            t0 = time.monotonic()
+            with pytest.raises(Timeout):  # the daemon answers the wait when it times out
+                second.wait(jid, timeout=0.3)
+            assert time.monotonic() - t0 < 5, f"round {n}: the wait was dropped"
