@@ -32,7 +32,7 @@ from supervisord.lifecycle import Lifecycle
 from supervisord.logs import Logs
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
-from supervisord.poller import EVENTS, POLLIN, POLLOUT, Poller
+from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
 from supervisord.pool import process
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import Workers
@@ -157,12 +157,9 @@ class Master:
         wall = [t for t in (self.scheduler.next_due, self.jobs.next_start_write) if t]
         if wall:
             wake.append(now + max(0.0, min(wall) - time.time()))
-        if self.shutdown_pending():
-            wake.append(now + 0.01)
+        if not self.phase.running:
+            wake.append(now + 0.01)  # shutdown steps
         return max(0, int((min(wake) - now) * 1000) + 1)
-
-    def shutdown_pending(self) -> bool:
-        return not self.phase.running
 
     # -- start and stop -----------------------------------------------------------------
     def open(self) -> None:
@@ -245,7 +242,7 @@ class Master:
                       self.shutdown, self.api)
         self.settings = settings
         self.status_sources = Sources(
-            settings, self.phase, self.workers, self.scheduler, self.store,
+            lambda: self.settings, self.phase, self.workers, self.scheduler, self.store,
             redis_up=lambda: self.writer.up, embedded=self.embedded is not None,
             metrics_port=lambda: m.port, topics=lambda: events.topics,
             waiters=lambda: len(self.waiters), started=self.started)
@@ -298,13 +295,19 @@ class Master:
             self.read_disconnects()
         if self.api_sock not in ready:
             return
+        sock = self.api_sock
         for _ in range(2000):
             try:
-                frames = self.api_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                identity = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            last = frames[-1]
-            self.api.handle([f.bytes for f in frames], lambda last=last: self.source(last))
+            # The request frame as a zmq.Frame: it knows the fd of its connection (read
+            # only for waits); the frames after it, if any, are an error to report.
+            body = sock.recv(copy=False) if sock.getsockopt(RCVMORE) else None
+            frames = [identity] if body is None else [identity, body.bytes]
+            while sock.getsockopt(RCVMORE):
+                frames.append(sock.recv())
+            self.api.handle(frames, None if body is None else lambda b=body: self.source(b))
             if not self.api_sock.getsockopt(EVENTS) & POLLIN:
                 return  # cheaper than the exception of one more recv
 
@@ -494,10 +497,12 @@ class Master:
                        ids if pending.many else SubmitReply(id=ids[0], new=rows[0][1]))
 
     # -- timers -----------------------------------------------------------------------------
-    def due(self, name: str, now: float) -> bool:
+    def due(self, name: str, now: float, every: float | None = None) -> bool:
+        """Whether timer ``name`` is due; if so it is set again, ``every`` seconds on
+        (its period in ``_TIMERS`` unless given)."""
         if now < self.timers.get(name, 0.0):
             return False
-        self.timers[name] = now + _TIMERS[name]
+        self.timers[name] = now + (_TIMERS[name] if every is None else every)
         return True
 
     def tick(self) -> None:
@@ -551,19 +556,13 @@ class Master:
                     *(r.job.id for w in self.workers.all() for r in w.ahead)]
             for job_id in self.store.cancel_requested(held) if held else ():
                 self.scheduler.cancel(job_id)
-            if self.due_every("janitor", 5.0, now):
+            if self.due("janitor", now, every=5.0):
                 self.store.expire()
-            if self.due_every("lost", self.settings.cfg.daemon.node_ttl / 2, now):
+            if self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2):
                 self.nodes.recover_lost()
             self.writer.ok()
         except redis.RedisError as exc:
             self.redis_failed(exc)
-
-    def due_every(self, name: str, every: float, now: float) -> bool:
-        if now < self.timers.get(name, 0.0):
-            return False
-        self.timers[name] = now + every
-        return True
 
     def update_gauges(self, now: float) -> None:
         m = self.metrics
@@ -619,7 +618,7 @@ class Master:
                 log.error("reload: %s: %s: %s", self.config_path, err["loc"], err["msg"])
             log.error("reload: %s is invalid; keeping the running config", self.config_path)
             return exc.errors
-        self.settings = self.status_sources.settings = settings
+        self.settings = settings
         for part in self.parts:
             part.configure(settings)
         self.logs.level = getattr(logging, new.daemon.log_level.upper())

@@ -20,7 +20,9 @@ import zmq
 
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
 # Plain ints: pyzmq's flags are IntFlag members, whose operators run in Python.
-POLLIN, POLLOUT, EVENTS, _FD = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.EVENTS), int(zmq.FD)
+POLLIN, POLLOUT, EVENTS, RCVMORE = (int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.EVENTS),
+                                   int(zmq.RCVMORE))
+_FD = int(zmq.FD)
 
 
 class Poller:

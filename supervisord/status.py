@@ -45,7 +45,7 @@ def queue_depths(store: Store, settings: Settings, scheduler: Scheduler) -> dict
 class Sources:
     """What status is built from, handed over once by the loop."""
 
-    settings: Settings
+    settings: Any  # () -> Settings: the current snapshot
     phase: PhaseMachine
     workers: Workers
     scheduler: Scheduler
@@ -60,6 +60,7 @@ class Sources:
 
 def describe(src: Sources) -> dict:
     now = time.monotonic()
+    settings = src.settings()
     workers = []
     for w in src.workers.all():
         rss, cpu = _worker_usage(w.pid)
@@ -78,9 +79,9 @@ def describe(src: Sources) -> dict:
         if not redis_info["up"]:
             raise redis.ConnectionError("unreachable (the daemon retries by itself)")
         redis_info.update(store.health(), embedded=src.embedded)
-        depths = queue_depths(store, src.settings, src.scheduler)
+        depths = queue_depths(store, settings, src.scheduler)
         dead = store.dead_letter_count()
-        circuits = store.circuits(sorted(src.settings.breakers))
+        circuits = store.circuits(sorted(settings.breakers))
     except redis.RedisError as exc:
         redis_info.update(up=False, error=str(exc))
         dead, circuits = None, []
@@ -90,7 +91,7 @@ def describe(src: Sources) -> dict:
         "prefetched": src.scheduler.held(p.name), "degraded": p.degraded(now),
     } for p in src.workers.pools.values()]
     return {
-        "node": src.settings.node, "pid": os.getpid(), "phase": src.phase.now.value,
+        "node": settings.node, "pid": os.getpid(), "phase": src.phase.now.value,
         "uptime": round(time.time() - src.started, 3), "accepting": src.phase.running,
         "pools": pools, "workers": workers, "circuits": circuits, "dead_letters": dead,
         "redis": redis_info, "metrics_port": src.metrics_port(),
