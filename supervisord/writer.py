@@ -20,7 +20,7 @@ import redis
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.redis.pipe import RedisPipe
-from supervisord.redis.store import Applied, NewJob, Op, Store
+from supervisord.redis.store import Applied, NewJob, Op, Store, lacks_scripts
 from supervisord.settings import Settings
 
 log = logging.getLogger("jobsup.writer")
@@ -202,7 +202,7 @@ class Writer:
                     self.batch.put_back(batch, submits=True)
                 out.extend(self.lose(exc))
                 return
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            if lacks_scripts(replies):  # sent with the same lost scripts
                 again.append(later)
             else:
                 out.append(Commit(later, wants,

@@ -293,7 +293,7 @@ class Store:
     def scripts_missing(self, replies: list) -> bool:
         """The one NOSCRIPT path: Redis lost its script cache (a restart or a failover),
         so the scripts are loaded again and the caller sends its write once more."""
-        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+        if lacks_scripts(replies):
             self.load_scripts()
             return True
         return False
@@ -458,6 +458,11 @@ class Store:
 
     def dead_letter_count(self) -> int:
         return int(self.r.zcard(self.keys.dead_letters))
+
+
+def lacks_scripts(replies: list) -> bool:
+    """Redis refused a write because it does not know its scripts (NOSCRIPT)."""
+    return any(isinstance(r, redis.exceptions.NoScriptError) for r in replies)
 
 
 def _blob(raw: bytes) -> Any:
