@@ -357,3 +357,14 @@ def test_graceful_shutdown_retires_idle_workers_and_gives_buffered_jobs_back(wor
     jobs.succeed(jobs.running["r1"], b"\xc0")
     jobs.finished_run(busy)
     assert busy.state is WorkerState.STOPPING  # done: it leaves instead of idling
+
+
+def test_a_stalled_master_does_not_judge_heartbeats(workers, clock):
+    """After a pass that blocked, heartbeats may sit unread in the channels: silence is
+    then not the workers' fault."""
+    dog = Watchdog(workers.settings, workers, rss_gauge=None)
+    w = handle(workers, 1, clock)
+    workers.ready(w)
+    clock.advance(workers.settings.cfg.daemon.heartbeat_timeout + 1)
+    assert dog.verdicts(clock.monotonic(), heartbeats=False) == []
+    assert [v.reason for v in dog.verdicts(clock.monotonic())] == [KillReason.HEARTBEAT]

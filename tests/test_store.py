@@ -656,3 +656,15 @@ def test_promote_limit_bounds_one_pass(store, ids):
     store.apply([], {}, promote_limit=4, now=now + 10)
     assert store.r.zcard(store.keys.queue("echo")) == 6
     assert [r.id for r in reserve(store, 10)] == [j.id for j in jobs]
+
+
+def test_recovery_of_a_held_job_with_a_cancel_waiting_ends_it_cancelled(store, ids):
+    """A node that dies holding a job whose cancel it never saw: the node that recovers
+    its jobs ends that one cancelled rather than queueing it to run."""
+    [jid] = submit(store, new_job(ids))
+    reserve(store)
+    assert store.cancel(jid, ttl=50)[0] == "held"
+    assert store.recover(NODE, "lost") == 1
+    rec = store.get(jid)
+    assert rec["status"] == "cancelled" and rec["history"][-1]["reason"] == "cancel requested"
+    assert reserve(store) == []
