@@ -21,6 +21,7 @@ import pydantic
 import redis
 import zmq
 
+from supervisord import status
 from supervisord.errors import (
     BadRequest,
     JobsupError,
@@ -33,6 +34,7 @@ from supervisord.errors import (
 from supervisord.ids import IdGenerator
 from supervisord.lifecycle import Lifecycle
 from supervisord.phase import PhaseMachine
+from supervisord.redis.reader import Reads
 from supervisord.redis.store import NewJob, Store, history_entry, pack, tag_index
 from supervisord.scheduler import Scheduler
 from supervisord.settings import Settings
@@ -52,16 +54,18 @@ class Control:
     """What the API's control operations call: the loop's own shutdown and reload."""
 
     def __init__(self, shutdown: Callable[[bool, str], None], reload: Callable[[], list],
-                 describe: Callable[[], dict]) -> None:
+                 facts: Callable[[], Callable[[], dict]],
+                 describe: Callable[[dict], dict]) -> None:
         self.shutdown = shutdown
         self.reload = reload
-        self.describe = describe
+        self.facts = facts  # status's Redis reads (off the loop)
+        self.describe = describe  # status from those facts and the loop's own state
 
 
 class Api:
     def __init__(self, sock: zmq.Socket, settings: Settings, store: Store, ids: IdGenerator,
                  phase: PhaseMachine, writer: Writer, scheduler: Scheduler, jobs: Lifecycle,
-                 waiters: Waiters, control: Control) -> None:
+                 waiters: Waiters, control: Control, reads: Reads) -> None:
         self.sock = sock
         self.settings = settings
         self.store = store
@@ -72,6 +76,7 @@ class Api:
         self.jobs = jobs
         self.waiters = waiters
         self.control = control
+        self.reads = reads
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -102,20 +107,41 @@ class Api:
                 raise Unavailable("Redis is unreachable; nothing was changed, try again "
                                   "shortly (jobsup status shows Redis health)")
             getattr(self, f"op_{op}")(identity, rid, req)
-        except JobsupError as exc:
+        except Exception as exc:
+            self._failed(identity, rid, op, exc)
+
+    def _failed(self, identity: bytes, rid: Any, op: str, exc: Exception) -> None:
+        """One mapping from what went wrong to the error reply, for requests answered at
+        once and for those answered when their Redis read is back."""
+        if isinstance(exc, JobsupError):
             found = exc.details.get("rid")
             self.fail(identity, rid if found is None else found, exc)
-        except redis.ResponseError as exc:
+        elif isinstance(exc, redis.ResponseError):
             # Redis refused what this request asked for: the request's error, not an outage.
             log.warning("Redis rejected a command of a %s request: %s", op, exc)
             self.fail(identity, rid, BadRequest(
                 f"Redis rejected this request ({exc}); check its arguments"))
-        except redis.RedisError as exc:
+        elif isinstance(exc, redis.RedisError):
             self.writer.failed(exc)
             self.fail(identity, rid, Unavailable(f"Redis is unreachable ({exc}); try again"))
-        except Exception as exc:
-            log.exception("request failed")
+        else:
+            log.error("request failed", exc_info=exc)
             self.fail(identity, rid, JobsupError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def later(self, identity: bytes, rid: Any, op: str, read: Callable[[], Any],
+              answer: Callable[[Any], None]) -> None:
+        """Run ``read`` (the request's Redis calls) off the loop, then ``answer`` with its
+        result in the loop; what either raises becomes the request's error reply."""
+
+        def done(result: Any) -> None:
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                answer(result)
+            except Exception as exc:
+                self._failed(identity, rid, op, exc)
+
+        self.reads.submit(read, done)
 
     # -- submits ------------------------------------------------------------
     def _check_open(self) -> None:
@@ -190,71 +216,108 @@ class Api:
         self.scheduler.hand_over(jobs, awaited=False, accepting=self.phase.running)
         self.writer.batch.submits.append(PendingSubmit(jobs, identity, rid, many=True))
 
-    # -- queries ------------------------------------------------------------
+    # -- queries: Redis is read off the loop (``later``), the answer built in it ------
     def op_get(self, identity: bytes, rid: Any, req: protocol.Get) -> None:
-        record = self.store.get(req.id)
-        if record is None:
-            raise NotFound(f"no job {req.id} (it never existed or has expired)")
-        self.reply(identity, rid, record)
+        def answer(record: dict | None) -> None:
+            if record is None:
+                raise NotFound(f"no job {req.id} (it never existed or has expired)")
+            self.reply(identity, rid, record)
+
+        self.later(identity, rid, "get", lambda: self.store.get(req.id), answer)
 
     def op_wait(self, identity: bytes, rid: Any, req: protocol.Wait) -> None:
-        if len(req.ids) == 1 and req.ids[0] in self.jobs.running:
-            statuses = ["running"]  # known here, no need to ask Redis
-        else:
-            statuses = self.store.status_of(req.ids)
-        missing = [i for i, s in zip(req.ids, statuses, strict=True) if s is None]
-        if missing:
-            raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
-                           ids=missing[:20])
-        self.wait_for(identity, rid, req.ids, statuses, req.view, req.timeout)
+        self.await_jobs(identity, rid, req.ids, req.view, req.timeout)
+
+    def await_jobs(self, identity: bytes, rid: Any, ids: list[str], view: str,
+                   timeout: float | None) -> None:
+        """Answer when every job is final; their statuses come from Redis unless they all
+        run here."""
+        local = self.scheduler.local_statuses(ids)
+        if local is not None:
+            self.wait_for(identity, rid, ids, local, view, timeout)
+            return
+        since = self.waiters.mark()
+
+        def answer(statuses: list[str | None]) -> None:
+            missing = [i for i, s in zip(ids, statuses, strict=True) if s is None]
+            if missing:
+                raise NotFound(f"no job {missing[0]} (it never existed or has expired)",
+                               ids=missing[:20])
+            self.wait_for(identity, rid, ids, statuses, view, timeout, since)
+
+        self.later(identity, rid, "wait", lambda: self.store.status_of(ids), answer)
 
     def wait_for(self, identity: bytes, rid: Any, ids: list[str], statuses: list[str],
-                 view: str, timeout: float | None) -> None:
+                 view: str, timeout: float | None, since: int | None = None) -> None:
+        """``since``: the waiters' mark when ``statuses`` were read, so that a job that
+        finished while they were read is not waited for."""
         deadline = time.monotonic() + timeout if timeout is not None else None
-        self.waiters.wait(identity, rid, ids, statuses, view, deadline)
+        self.waiters.wait(identity, rid, ids, statuses, view, deadline, since)
 
     def op_cancel(self, identity: bytes, rid: Any, req: protocol.Cancel) -> None:
-        job_type = self.store.job_type(req.id)
-        ttl = self.settings.policy(job_type).failure_ttl if job_type else 86400.0
-        status, _ = self.store.cancel(req.id, ttl)
-        if status == "missing":
-            raise NotFound(f"no job {req.id} (it never existed or has expired)")
-        if status in ("running", "held"):
-            result = protocol.CancelReply(id=req.id, status="cancelling",
-                                          local=self.scheduler.cancel(req.id))
-        elif status == "cancelled":
-            self.waiters.finished(req.id)
-            self.waiters.answer_ready()
-            result = protocol.CancelReply(id=req.id, status="cancelled")
-        else:
-            result = protocol.CancelReply(id=req.id, status=status,
-                                          message=f"job already {status}")
-        self.reply(identity, rid, result)
+        policy = self.settings.policy
+
+        def read() -> tuple[str, str]:
+            job_type = self.store.job_type(req.id)
+            return self.store.cancel(req.id, policy(job_type).failure_ttl if job_type
+                                     else 86400.0)
+
+        def answer(found: tuple[str, str]) -> None:
+            status = found[0]
+            if status == "missing":
+                raise NotFound(f"no job {req.id} (it never existed or has expired)")
+            if status in ("running", "held"):
+                result = protocol.CancelReply(id=req.id, status="cancelling",
+                                              local=self.scheduler.cancel(req.id))
+            elif status == "cancelled":
+                self.waiters.finished(req.id)
+                self.waiters.answer_ready()
+                result = protocol.CancelReply(id=req.id, status="cancelled")
+            else:
+                result = protocol.CancelReply(id=req.id, status=status,
+                                              message=f"job already {status}")
+            self.reply(identity, rid, result)
+
+        self.later(identity, rid, "cancel", read, answer)
 
     def op_jobs(self, identity: bytes, rid: Any, req: protocol.Jobs) -> None:
         tag = (req.tag[0], req.tag[1]) if req.tag else None
-        ids, cursor = self.store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
-        records = [r for r in self.store.get_many(ids) if r is not None]
-        self.reply(identity, rid, protocol.JobsReply(jobs=records, cursor=cursor))
+        store = self.store
+
+        def read() -> protocol.JobsReply:
+            ids, cursor = store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
+            records = [r for r in store.get_many(ids) if r is not None]
+            return protocol.JobsReply(jobs=records, cursor=cursor)
+
+        self.later(identity, rid, "jobs", read, lambda found: self.reply(identity, rid, found))
 
     def op_dlq(self, identity: bytes, rid: Any, req: protocol.DeadLetters) -> None:
         store = self.store
-        if req.action == "list":
-            ids = store.dead_letter_ids(req.limit)
-            result = protocol.DeadLettersReply(
-                jobs=[r for r in store.get_many(ids) if r is not None],
-                total=store.dead_letter_count())
-        else:
-            if req.action == "retry" and not self.phase.running:
-                raise ShuttingDown("the daemon is shutting down; retry dead letters later")
-            done = store.dead_letters(req.action, req.ids)
+        if req.action == "retry" and not self.phase.running:
+            raise ShuttingDown("the daemon is shutting down; retry dead letters later")
+
+        def read() -> protocol.DeadLettersReply:
+            if req.action == "list":
+                ids = store.dead_letter_ids(req.limit)
+                return protocol.DeadLettersReply(
+                    jobs=[r for r in store.get_many(ids) if r is not None],
+                    total=store.dead_letter_count())
+            return protocol.DeadLettersReply(ids=store.dead_letters(req.action, req.ids))
+
+        def answer(result: protocol.DeadLettersReply) -> None:
             if req.action == "retry":
                 self.scheduler.wake_all()
-            result = protocol.DeadLettersReply(ids=done)
-        self.reply(identity, rid, result)
+            self.reply(identity, rid, result)
+
+        self.later(identity, rid, "dlq", read, answer)
 
     def op_status(self, identity: bytes, rid: Any, req: protocol.Status) -> None:
-        self.reply(identity, rid, self.control.describe())
+        def answer(facts: dict | Exception) -> None:
+            if isinstance(facts, Exception):  # status answers without Redis, saying why
+                facts = status.unknown(str(facts))
+            self.reply(identity, rid, self.control.describe(facts))
+
+        self.reads.submit(self.control.facts(), answer)
 
     def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
         self.reply(identity, rid, protocol.PingReply(

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import redis
 import zmq
@@ -39,6 +40,7 @@ from supervisord.pool.workers import Workers
 from supervisord.redis.connect import connect
 from supervisord.redis.embedded import EmbeddedRedis
 from supervisord.redis.nodes import NodeRegistry
+from supervisord.redis.reader import Reads
 from supervisord.redis.store import Store
 from supervisord.results import Results
 from supervisord.scheduler import Scheduler
@@ -48,7 +50,7 @@ from supervisord.shutdown import Shutdown
 from supervisord.signals import SignalReceiver
 from supervisord.sockets import bind
 from supervisord.states import Phase, WorkerState
-from supervisord.status import Sources, describe, queue_depths
+from supervisord.status import Sources, describe, queue_depths, redis_reads
 from supervisord.waiters import Waiters
 from supervisord.web.metrics import Metrics
 from supervisord.wire.api import SubmitReply
@@ -77,6 +79,7 @@ class Master:
         self._errors: list[float] = []
         self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
+        self._slow_out = self._gauges_out = False  # their Redis reads are out
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -99,6 +102,8 @@ class Master:
         self.read_subscriptions(ready)
         self.send_writes()  # results and submits go to Redis before older replies are read
         self.read_redis(ready)
+        if self.reads.fd in ready:
+            self.reads.finish()
         self.reap(ready)
         self.handle_signals(ready)
         self.tick()
@@ -137,11 +142,12 @@ class Master:
 
     def wants_jobs(self) -> bool:
         return (self.phase.running and self.writer.up and not self.writer.reserving()
-                and self.scheduler.eager())
+                and not self.scheduler.paused and self.scheduler.eager())
 
     def promote_due(self) -> bool:
         due = self.scheduler.next_due
-        return bool(due) and time.time() >= due and not self.writer.reserving()
+        return (bool(due) and time.time() >= due and not self.writer.reserving()
+                and not self.scheduler.paused)
 
     def poll_timeout(self) -> int:
         """Sleep until the next deadline; 0 only when a write can go now."""
@@ -223,7 +229,9 @@ class Master:
         self.watch_redis(pipe.fileno())
         self.workers = Workers(settings, poller, self.worker_changed)
         self.watchdog = Watchdog(settings, self.workers, m.rss)
-        self.waiters = Waiters(self.store, self.reply, self.fail)
+        self.reads = Reads(cfg.redis.socket_timeout)
+        poller.add(self.reads.fd)
+        self.waiters = Waiters(self.store, self.reads, self.reply, self.fail)
         self.jobs = Lifecycle(settings, self.writer.batch, self.workers, events, m,
                               self.waiters, queued=lambda t: self.scheduler.may_have_work(t),
                               due=lambda t: self.scheduler.due(t))
@@ -231,10 +239,11 @@ class Master:
         self.circuits = Circuits(m.circuit, events.publish, self.scheduler.may_have_work)
         self.results = Results(self.workers, self.jobs, self.scheduler, self.watchdog, events, m)
         self.shutdown = Shutdown(self.phase, settings, self.workers, self.jobs,
-                                 self.scheduler, self.writer)
+                                 self.scheduler, self.writer, self.reads)
         self.api = Api(self.api_sock, settings, self.store, IdGenerator(), self.phase,
                        self.writer, self.scheduler, self.jobs, self.waiters,
-                       Control(self.shutdown.begin, self.reload, self.describe))
+                       Control(self.shutdown.begin, self.reload, self.status_facts,
+                               self.describe), self.reads)
         # A ZeroMQ socket's fd signals only new messages once a read has found it empty:
         # read the monitor empty now, so that its first event wakes the loop.
         self.read_disconnects()
@@ -248,6 +257,8 @@ class Master:
             waiters=lambda: len(self.waiters), started=self.started)
 
     def close(self) -> None:
+        if hasattr(self, "reads"):
+            self.reads.close()  # before the node key goes: no heartbeat may follow it
         if hasattr(self, "writer"):
             try:
                 self.settle_writes()
@@ -286,8 +297,12 @@ class Master:
     def fail(self, identity: bytes, rid, exc) -> None:
         self.api.fail(identity, rid, exc)
 
-    def describe(self) -> dict:
-        return describe(self.status_sources)
+    def status_facts(self) -> Callable[[], dict]:
+        """Status's Redis reads, to run off the loop."""
+        return redis_reads(self.status_sources)
+
+    def describe(self, facts: dict) -> dict:
+        return describe(self.status_sources, facts)
 
     # -- input --------------------------------------------------------------------------
     def read_api(self, ready: dict) -> None:
@@ -461,18 +476,33 @@ class Master:
         for job_type, state in c.applied.circuit_changes:
             policy = self.settings.policy(job_type)
             self.circuits.changed(job_type, state, policy.circuit_breaker, policy.fallback)
-        try:
-            if self.writer.resync:
-                self.writer.resync = False
-                known = (*self.jobs.running, *self.scheduler.buffered_ids())
-                n = self.store.recover(self.settings.node, "resync", keep=known)
-                if n:
-                    log.warning("requeued %d job(s) whose hand-over reply Redis lost", n)
-            self.waiters.answer_ready(c.applied.records)
-        except redis.RedisError as exc:
-            self.redis_failed(exc)
+        if self.writer.resync:
+            self.resync()
+        self.waiters.answer_ready(c.applied.records)
         if self.phase.running:
             self.scheduler.dispatch()
+
+    def resync(self) -> None:
+        """Replies were lost with the connection: jobs may be held in Redis that this node
+        never heard of.  Requeue all it holds but those it knows, off the loop; until that
+        is done it reserves and hands over nothing, since what it took meanwhile would not
+        be among those it knows."""
+        self.writer.resync = False
+        self.scheduler.paused = True
+        known = (*self.jobs.running, *self.scheduler.buffered_ids())
+        node, store = self.settings.node, self.store
+
+        def done(n: int | Exception) -> None:
+            self.scheduler.paused = False
+            if isinstance(n, redis.RedisError):
+                self.writer.resync = True  # try again after the next write commits
+                self.redis_failed(n)
+            elif isinstance(n, Exception):
+                raise n
+            elif n:
+                log.warning("requeued %d job(s) whose hand-over reply Redis lost", n)
+
+        self.reads.submit(lambda: store.recover(node, "resync", keep=known), done)
 
     def acknowledge(self, submits: list, created: list[tuple[str, bool]]) -> None:
         at = 0
@@ -489,9 +519,12 @@ class Master:
             if pending.wait:
                 # Submit-and-wait: the job is stored; the reply is its final record.
                 job_id, new = rows[0]
-                status = pending.jobs[0].status if new else self.store.status_of([job_id])[0]
-                self.api.wait_for(pending.identity, pending.rid, [job_id], [status], "records",
-                                  pending.wait_timeout)
+                if new:
+                    self.api.wait_for(pending.identity, pending.rid, [job_id],
+                                      [pending.jobs[0].status], "records", pending.wait_timeout)
+                else:  # an earlier job with the same key: its status is in Redis
+                    self.api.await_jobs(pending.identity, pending.rid, [job_id], "records",
+                                        pending.wait_timeout)
                 continue
             self.reply(pending.identity, pending.rid,
                        ids if pending.many else SubmitReply(id=ids[0], new=rows[0][1]))
@@ -545,24 +578,40 @@ class Master:
         self.check_startable()
 
     def slow_tick(self, now: float) -> None:
-        """Once a second: gauges, other nodes, retention, remote cancels and waits."""
+        """Once a second: gauges, other nodes, retention, remote cancels and waits.  Their
+        Redis reads run off the loop, one round of them at a time."""
         self.update_gauges(now)
-        if self.writer.suspect():
-            return  # Redis is down or slow: these reads would block the loop
-        try:
-            self.nodes.beat()
-            self.waiters.recheck(self.jobs.running)
-            held = [*self.jobs.running, *self.scheduler.buffered_ids(),
-                    *(r.job.id for w in self.workers.all() for r in w.ahead)]
-            for job_id in self.store.cancel_requested(held) if held else ():
+        if self.writer.suspect() or self._slow_out:
+            return  # Redis is down or slow, or the last round is still out
+        held = [*self.jobs.running, *self.scheduler.buffered_ids(),
+                *(r.job.id for w in self.workers.all() for r in w.ahead)]
+        janitor = self.due("janitor", now, every=5.0)
+        lost = self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2)
+        nodes, store = self.nodes, self.store
+
+        def read() -> list[str]:
+            nodes.beat()
+            cancels = store.cancel_requested(held) if held else []
+            if janitor:
+                store.expire()
+            if lost:
+                nodes.recover_lost()
+            return cancels
+
+        def done(cancels: list[str] | Exception) -> None:
+            self._slow_out = False
+            if isinstance(cancels, redis.RedisError):
+                self.redis_failed(cancels)
+                return
+            if isinstance(cancels, Exception):
+                raise cancels
+            for job_id in cancels:
                 self.scheduler.cancel(job_id)
-            if self.due("janitor", now, every=5.0):
-                self.store.expire()
-            if self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2):
-                self.nodes.recover_lost()
             self.writer.ok()
-        except redis.RedisError as exc:
-            self.redis_failed(exc)
+
+        self._slow_out = True
+        self.reads.submit(read, done)
+        self.waiters.recheck(self.jobs.running)
 
     def update_gauges(self, now: float) -> None:
         m = self.metrics
@@ -574,17 +623,24 @@ class Master:
                 m.workers.labels(pool.name, state.value).set(n)
             m.running.labels(pool.name).set(len(pool.busy()))
             m.degraded.labels(pool.name).set(1 if pool.degraded(now) else 0)
-        if not self.writer.suspect():
-            try:
-                for name, depth in queue_depths(self.store, self.settings,
-                                                self.scheduler).items():
-                    m.queue_depth.labels(name).set(depth)
-                for c in self.store.circuits(sorted(self.settings.breakers)):
-                    m.circuit.labels(c["type"]).set(GAUGE[c["state"]])
-                m.dead_letters.set(self.store.dead_letter_count())
-            except redis.RedisError as exc:
-                self.redis_failed(exc)
         m.redis_up.set(1 if self.writer.up else 0)
+        if self.writer.suspect() or self._gauges_out:
+            return
+
+        def done(facts: dict | Exception) -> None:
+            self._gauges_out = False
+            if isinstance(facts, Exception):
+                raise facts
+            if not facts["redis"]["up"]:
+                return  # keep the last figures; redis_up says why
+            for name, depth in queue_depths(facts, self.scheduler).items():
+                m.queue_depth.labels(name).set(depth)
+            for c in facts["circuits"]:
+                m.circuit.labels(c["type"]).set(GAUGE[c["state"]])
+            m.dead_letters.set(facts["dead"])
+
+        self._gauges_out = True
+        self.reads.submit(redis_reads(self.status_sources, health=False), done)
 
     def check_startable(self) -> None:
         """If no pool can start a single worker, say so and stop instead of spinning."""

@@ -41,6 +41,7 @@ class Scheduler:
         self.next_due = 0.0  # wall-clock time of the earliest scheduled job; 0 when unknown
         self._mark = 0
         self._reserve_mark = 0  # the mark when the reservation in flight was sent
+        self.paused = False  # take nothing new from Redis nor hand over (a resync is out)
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -144,7 +145,7 @@ class Scheduler:
         first = jobs[0]
         pool = self.workers.pools.get(first.pool)
         q = self.queues.get(first.pool)
-        if (pool is None or q is None or q.buffer or q.hot or not accepting
+        if (pool is None or q is None or q.buffer or q.hot or not accepting or self.paused
                 or first.status != "queued" or first.type in self.settings.breakers):
             return
         node = self.settings.node
@@ -223,6 +224,13 @@ class Scheduler:
             self.jobs.cancel_held(held, "cancel requested before it started")
             return True
         return self.jobs.doom_ahead(job_id)
+
+    def local_statuses(self, ids: list[str]) -> list[str] | None:
+        """The statuses of jobs that all run here, known without asking Redis; else None."""
+        running = self.jobs.running
+        if all(i in running for i in ids):
+            return ["running"] * len(ids)
+        return None
 
     def buffered_ids(self) -> Iterator[str]:
         for q in self.queues.values():

@@ -15,6 +15,7 @@ from supervisord.clock import SYSTEM, Clock
 from supervisord.lifecycle import Lifecycle
 from supervisord.phase import PhaseMachine
 from supervisord.pool.workers import Workers
+from supervisord.redis.reader import Reads
 from supervisord.scheduler import Scheduler
 from supervisord.settings import Settings
 from supervisord.states import KillReason, Phase
@@ -26,13 +27,14 @@ log = logging.getLogger("jobsup.master")
 class Shutdown:
     def __init__(self, phase: PhaseMachine, settings: Settings, workers: Workers,
                  jobs: Lifecycle, scheduler: Scheduler, writer: Writer,
-                 clock: Clock = SYSTEM) -> None:
+                 reads: Reads | None = None, clock: Clock = SYSTEM) -> None:
         self.phase = phase
         self.settings = settings
         self.workers = workers
         self.jobs = jobs
         self.scheduler = scheduler
         self.writer = writer
+        self.reads = reads  # answers still to come back from Redis
         self.clock = clock
         self.drain_deadline = 0.0
         self.stop_deadline = 0.0
@@ -78,8 +80,9 @@ class Shutdown:
         self.stop_deadline = now + self.settings.cfg.daemon.kill_grace + 5.0
 
     def _stop(self, now: float) -> None:
-        if not self.workers.all() and not self.writer.batch and not self.writer.busy:
-            self.phase.to(Phase.DONE, "workers stopped, writes settled")
+        reading = self.reads is not None and self.reads.pending
+        if not (self.workers.all() or self.writer.batch or self.writer.busy or reading):
+            self.phase.to(Phase.DONE, "workers stopped, writes and reads settled")
         elif now > self.stop_deadline:
             for w in self.workers.all():
                 self.workers.kill(w, KillReason.SHUTDOWN)

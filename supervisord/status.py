@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,6 @@ from supervisord.pool.process import tree_rss
 from supervisord.pool.workers import Workers
 from supervisord.redis.store import Store
 from supervisord.scheduler import Scheduler
-from supervisord.settings import Settings
 
 _cpu: dict[int, psutil.Process] = {}
 
@@ -32,13 +32,6 @@ def _worker_usage(pid: int) -> tuple[int, float]:
     except psutil.Error:
         _cpu.pop(pid, None)
         return 0, 0.0
-
-
-def queue_depths(store: Store, settings: Settings, scheduler: Scheduler) -> dict[str, int]:
-    """Jobs waiting to start per pool: Redis's queues plus what this node holds."""
-    types_of = {name: list(settings.types_of.get(name, ())) for name in scheduler.queues}
-    found = store.queue_depths(types_of)
-    return {name: n + scheduler.held(name) for name, n in found.items()}
 
 
 @dataclass
@@ -58,7 +51,40 @@ class Sources:
     started: float
 
 
-def describe(src: Sources) -> dict:
+def redis_reads(src: Sources, health: bool = True) -> Callable[[], dict]:
+    """Status's Redis part: what to read is settled here, in the loop; the returned
+    function reads it off the loop (it touches no loop state)."""
+    settings = src.settings()
+    types_of = {name: list(settings.types_of.get(name, ())) for name in src.scheduler.queues}
+    breakers = sorted(settings.breakers)
+    store, up, embedded = src.store, src.redis_up(), src.embedded
+
+    def read() -> dict:
+        if not up:
+            return unknown("unreachable (the daemon retries by itself)")
+        try:
+            info = {"up": True, **(store.health() if health else {}), "embedded": embedded}
+            return {"redis": info, "depths": store.queue_depths(types_of),
+                    "dead": store.dead_letter_count(), "circuits": store.circuits(breakers)}
+        except redis.RedisError as exc:
+            return unknown(str(exc))
+
+    return read
+
+
+def unknown(error: str) -> dict:
+    """The facts of a status read that Redis did not answer: status still answers."""
+    return {"redis": {"up": False, "error": error}, "depths": {}, "dead": None,
+            "circuits": []}
+
+
+def queue_depths(facts: dict, scheduler: Scheduler) -> dict[str, int]:
+    """Jobs waiting to start per pool: Redis's queues plus what this node holds."""
+    return {name: n + scheduler.held(name) for name, n in facts["depths"].items()}
+
+
+def describe(src: Sources, facts: dict) -> dict:
+    """Status from the loop's own state and the Redis ``facts`` read for it."""
     now = time.monotonic()
     settings = src.settings()
     workers = []
@@ -72,19 +98,7 @@ def describe(src: Sources) -> dict:
     live = {w["pid"] for w in workers}
     for pid in [p for p in _cpu if p not in live]:
         _cpu.pop(pid, None)
-    depths: dict[str, int] = {}
-    redis_info: dict = {"up": src.redis_up()}
-    store = src.store
-    try:
-        if not redis_info["up"]:
-            raise redis.ConnectionError("unreachable (the daemon retries by itself)")
-        redis_info.update(store.health(), embedded=src.embedded)
-        depths = queue_depths(store, settings, src.scheduler)
-        dead = store.dead_letter_count()
-        circuits = store.circuits(sorted(settings.breakers))
-    except redis.RedisError as exc:
-        redis_info.update(up=False, error=str(exc))
-        dead, circuits = None, []
+    depths = queue_depths(facts, src.scheduler)
     pools = [{
         "name": p.name, "target": p.target, "workers": len(p.workers),
         "idle": len(p.idle()), "busy": len(p.busy()), "queued": depths.get(p.name),
@@ -93,7 +107,8 @@ def describe(src: Sources) -> dict:
     return {
         "node": settings.node, "pid": os.getpid(), "phase": src.phase.now.value,
         "uptime": round(time.time() - src.started, 3), "accepting": src.phase.running,
-        "pools": pools, "workers": workers, "circuits": circuits, "dead_letters": dead,
-        "redis": redis_info, "metrics_port": src.metrics_port(),
+        "pools": pools, "workers": workers, "circuits": facts["circuits"],
+        "dead_letters": facts["dead"], "redis": facts["redis"],
+        "metrics_port": src.metrics_port(),
         "subscriptions": sorted(t.hex() for t in src.topics()), "waiters": src.waiters(),
     }

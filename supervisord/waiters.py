@@ -9,12 +9,13 @@ the daemon grow without limit.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from supervisord.errors import JobsupError, Timeout, Unavailable
+from supervisord.redis.reader import Reads
 from supervisord.redis.store import Store
 from supervisord.states import TERMINAL, JobStatus
 
@@ -23,6 +24,7 @@ Fail = Callable[[bytes, Any, JobsupError], None]
 
 PER_CLIENT = 10_000  # waits one client connection may hold
 IN_ALL = 200_000
+RECENT = 50_000  # finished jobs remembered for waits whose status read was out
 
 
 @dataclass(eq=False)
@@ -36,9 +38,10 @@ class Waiter:
 
 
 class Waiters:
-    def __init__(self, store: Store, reply: Reply, fail: Fail,
+    def __init__(self, store: Store, reads: Reads, reply: Reply, fail: Fail,
                  per_client: int = PER_CLIENT, in_all: int = IN_ALL) -> None:
         self.store = store
+        self.reads = reads
         self.reply = reply
         self.fail = fail
         self.per_client = per_client
@@ -50,6 +53,9 @@ class Waiters:
         self.ready: list[Waiter] = []  # finished, to answer after the commit
         self.on_fd: dict[int, set[bytes]] = {}  # connection fd -> identities that waited
         self._recheck_at = 0
+        self._rechecking = False
+        self.finishes = 0  # jobs finished so far: ``mark`` and ``wait(since=)``
+        self.recent: OrderedDict[str, int] = OrderedDict()  # job id -> its finish number
 
     def __len__(self) -> int:
         return self.count
@@ -58,11 +64,18 @@ class Waiters:
         """Someone waits for this job and nothing else."""
         return any(len(w.remaining) == 1 for w in self.by_job.get(job_id, ()))
 
+    def mark(self) -> int:
+        """Taken before statuses are read from Redis off the loop: jobs that finish while
+        the read is out are then known to ``wait(since=)``."""
+        return self.finishes
+
     def wait(self, identity: bytes, rid: Any, ids: list[str], statuses: list[str],
-             view: str, deadline: float | None) -> None:
+             view: str, deadline: float | None, since: int | None = None) -> None:
         """Answer now if every job is final, else when the last one is."""
+        recent = self.recent
         remaining = {i for i, s in zip(ids, statuses, strict=True)
-                     if JobStatus(s) not in TERMINAL}
+                     if JobStatus(s) not in TERMINAL
+                     and (since is None or recent.get(i, -1) <= since)}
         waiter = Waiter(identity, rid, list(ids), remaining, view, deadline)
         if not remaining:
             self.answer([waiter])
@@ -89,6 +102,11 @@ class Waiters:
 
     def finished(self, job_id: str) -> None:
         """A job reached a final state (committed): its waiters are ready to answer."""
+        self.finishes += 1
+        recent = self.recent
+        recent[job_id] = self.finishes
+        if len(recent) > RECENT:
+            recent.popitem(last=False)
         for waiter in self.by_job.pop(job_id, ()):
             waiter.remaining.discard(job_id)
             if not waiter.remaining:
@@ -103,13 +121,33 @@ class Waiters:
 
     def answer(self, waiters: list[Waiter], known: dict[str, dict] | None = None) -> None:
         """Reply to finished waiters, one read per view; records the last write returned
-        need no read."""
+        need no read.  A read goes off the loop, and the replies follow it."""
         found: dict[str, dict[str, Any]] = {"records": dict(known or {}), "outcomes": {}}
-        read = {"records": self.store.get_many, "outcomes": self.store.outcomes}
-        for view, have in found.items():
-            need = sorted({i for w in waiters if w.view == view for i in w.ids} - set(have))
-            if need:
-                have.update(zip(need, read[view](need), strict=True))
+        need = {view: sorted({i for w in waiters if w.view == view for i in w.ids} - set(have))
+                for view, have in found.items()}
+        if not any(need.values()):
+            self._answer(waiters, found)
+            return
+        store = self.store
+
+        def read() -> dict[str, dict[str, Any]]:
+            for view, fetch in (("records", store.get_many), ("outcomes", store.outcomes)):
+                if need[view]:
+                    found[view].update(zip(need[view], fetch(need[view]), strict=True))
+            return found
+
+        def done(result: dict | Exception) -> None:
+            if isinstance(result, Exception):
+                for w in waiters:
+                    self.fail(w.identity, w.rid, Unavailable(
+                        f"the jobs finished, but reading their results from Redis failed "
+                        f"({result}); ask again (get or wait)"))
+                return
+            self._answer(waiters, result)
+
+        self.reads.submit(read, done)
+
+    def _answer(self, waiters: list[Waiter], found: dict[str, dict[str, Any]]) -> None:
         for w in waiters:
             self.reply(w.identity, w.rid, [found[w.view][i] for i in w.ids])
 
@@ -154,15 +192,23 @@ class Waiters:
 
         Jobs that run here (``local``) wake their waiters directly; the poll only
         looks at a rotating slice of the others, so a wait on 10,000 jobs costs
-        Redis ``limit`` reads a second, not 10,000.
+        Redis ``limit`` reads a second, not 10,000.  One poll is out at a time.
         """
         others = [i for i in self.by_job if i not in local]
-        if not others:
+        if not others or self._rechecking:
             return
         start = self._recheck_at % len(others)
         ids = (others[start:] + others[:start])[:limit]
         self._recheck_at = start + len(ids)
-        for job_id, status in zip(ids, self.store.status_of(ids), strict=True):
-            if status is None or JobStatus(status) in TERMINAL:
-                self.finished(job_id)
-        self.answer_ready()
+
+        def done(statuses: list[str | None] | Exception) -> None:
+            self._rechecking = False
+            if isinstance(statuses, Exception):
+                return  # the next poll asks again
+            for job_id, status in zip(ids, statuses, strict=True):
+                if status is None or JobStatus(status) in TERMINAL:
+                    self.finished(job_id)
+            self.answer_ready()
+
+        self._rechecking = True
+        self.reads.submit(lambda: self.store.status_of(ids), done)

@@ -222,6 +222,74 @@ def test_frozen_redis_fails_submits_fast_and_recovers_without_loss(daemon_factor
         [f"{len(acked)} submits acknowledged, {load.refused} refused", *problems])
 
 
+@pytest.mark.timeout(90)
+def test_reads_of_a_frozen_redis_do_not_hold_the_loop(daemon_factory, redis_server):
+    """A read that Redis does not answer (get, jobs, status, wait) waits off the loop:
+    requests that need no Redis are answered meanwhile, and the read fails with
+    Unavailable within about socket_timeout."""
+    timeout = 3.0
+    d = daemon_factory(redis={"socket_timeout": timeout})
+    with d.client(timeout=10) as c:
+        jid = c.submit("add", {"a": 1, "b": 1})
+        c.wait(jid, timeout=10)
+    redis_pid = redis_server.proc.pid
+    ended: dict[str, tuple[float, Any]] = {}
+
+    def read(name: str, call) -> None:
+        with d.client(timeout=30) as rc:
+            try:
+                out: Any = call(rc)
+            except JobsupError as exc:
+                out = exc
+            ended[name] = (time.monotonic(), out)
+
+    reads = {"get": lambda rc: rc.get(jid), "jobs": lambda rc: rc.jobs(limit=5),
+             "status": lambda rc: rc.status()}
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        threads = [threading.Thread(target=read, args=item, daemon=True)
+                   for item in reads.items()]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        pings = []
+        with d.client(timeout=10) as c:
+            for _ in range(5):
+                t0 = time.monotonic()
+                c.ping()
+                pings.append(time.monotonic() - t0)
+        pinged = time.monotonic()
+        for t in threads:
+            t.join(4 * timeout + 5)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    problems = []
+    if max(pings) > timeout / 2:
+        problems.append(f"pings took {pings} while reads were out (socket_timeout {timeout})")
+    for name in reads:
+        if name not in ended:
+            problems.append(f"{name} never answered")
+            continue
+        at, out = ended[name]
+        if at < pinged:
+            problems.append(f"{name} answered before the pings ({out!r}): Redis was frozen")
+        if at - began > 3 * timeout + MARGIN:
+            problems.append(f"{name} took {at - began:.1f} s (socket_timeout {timeout})")
+        if name != "status" and not isinstance(out, Unavailable):
+            problems.append(f"{name} during the freeze gave {out!r}, wanted Unavailable")
+    with d.client(timeout=10) as c:
+        wait_for(lambda: _answers(c, jid), 20, 0.1, "get to work again after SIGCONT")
+    assert not problems, "\n".join(problems)
+
+
+def _answers(c, jid: str) -> bool:
+    try:
+        return c.get(jid).status == "succeeded"
+    except Unavailable:
+        return False
+
+
 # -- 4. a bad request is not an outage --------------------------------------------------------
 @pytest.mark.timeout(90)
 def test_malformed_cursor_is_a_request_error_and_submits_keep_working(daemon_factory):

@@ -224,7 +224,7 @@ def test_held_jobs_count_as_waiting(workers, clock):
 
 def test_waiters_are_bounded_per_client_and_dropped_when_it_goes():
     answered: list = []
-    waiters = Waiters(store=None, reply=lambda *a: answered.append(a),
+    waiters = Waiters(store=None, reads=None, reply=lambda *a: answered.append(a),
                       fail=lambda *a: answered.append(a), per_client=3, in_all=5)
     for n in range(3):
         waiters.wait(b"c1", n, [f"j{n}"], ["running"], "records", None)
@@ -240,7 +240,8 @@ def test_waiters_are_bounded_per_client_and_dropped_when_it_goes():
 
 def test_waiters_expire_on_the_given_clock():
     failed: list = []
-    waiters = Waiters(store=None, reply=lambda *a: None, fail=lambda *a: failed.append(a))
+    waiters = Waiters(store=None, reads=None, reply=lambda *a: None,
+                      fail=lambda *a: failed.append(a))
     waiters.wait(b"c1", 1, ["j1", "j2"], ["running", "queued"], "records", deadline=10.0)
     waiters.expire(9.9)
     assert failed == []
@@ -249,7 +250,7 @@ def test_waiters_expire_on_the_given_clock():
 
 
 def test_a_closed_connection_drops_the_waits_of_every_client_seen_on_it():
-    waiters = Waiters(store=None, reply=lambda *a: None, fail=lambda *a: None)
+    waiters = Waiters(store=None, reads=None, reply=lambda *a: None, fail=lambda *a: None)
     for identity, fd in ((b"c1", 7), (b"c2", 7), (b"c3", 8)):
         waiters.note_source(identity, fd)
         waiters.wait(identity, 1, ["j1"], ["running"], "records", None)
@@ -268,7 +269,7 @@ def lifecycle_parts(workers, clock):
     queued, due = [], []
     sent: list = []
     jobs = Lifecycle(workers.settings, Batch(), workers, Publisher(None), Metrics(),
-                     Waiters(store=None, reply=lambda *a: None, fail=lambda *a: None),
+                     Waiters(store=None, reads=None, reply=lambda *a: None, fail=lambda *a: None),
                      queued=queued.append, due=due.append, clock=clock)
     return jobs, queued, due, sent
 
