@@ -9,6 +9,7 @@ created 0600 (umask) and only then opened up to ``api.socket_mode`` and
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import logging
 import os
@@ -52,16 +53,35 @@ def bind(sock: zmq.Socket, endpoint: str, api: ApiConfig | None = None) -> Bound
     finally:
         os.umask(old)
     if api is not None:
-        _open_up(path, api)
+        try:
+            _open_up(path, api)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no socket file left behind by a failed start
+            raise
     st = path.stat()
     return BoundFile(path, st.st_dev, st.st_ino)
 
 
+def group_id(name: str) -> int:
+    """``api.socket_group`` as a gid: a number as is, a name looked up on this host."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"no group {name!r} on this host", errors=[{
+            "loc": "api.socket_group", "msg": (
+                f"this host has no group named {name!r}; create it (groupadd {name}) "
+                "and add the daemon's user and the API's users to it, or name an "
+                "existing group")}]) from None
+
+
 def _open_up(path: Path, api: ApiConfig) -> None:
-    gid = api.socket_gid
-    if gid is not None:
+    if api.socket_group is not None:
+        gid = group_id(api.socket_group)
         try:
-            os.chown(path, -1, gid)
+            if path.stat().st_gid != gid:  # no chown call when it is already the group's
+                os.chown(path, -1, gid)
         except PermissionError:
             raise ConfigError(
                 f"cannot give {path} to group {api.socket_group}",
