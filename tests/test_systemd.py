@@ -223,7 +223,7 @@ def test_unit_security_exposure_below_5():
 def test_unit_verifies_clean(tmp_path: Path):
     # verify checks that ExecStart's binary exists, so a copy of the unit points at a
     # jobsup that does (the installed path, /usr/local/bin/jobsup, may not on a
-    # development box); --man=no because the Documentation= pages are not checked here.
+    # development box); --man=no keeps verify from looking up man pages.
     binary = shutil.which("jobsup") or str(ROOT / ".venv" / "bin" / "jobsup")
     if not os.path.exists(binary):
         pytest.skip("no jobsup console script to point the unit at (run scripts/setup)")
