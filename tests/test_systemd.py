@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisord.notify import Notifier, take_environment
+from supervisord.notify import Notifier, Systemd, take_environment
 from tests.conftest import ROOT, Daemon, wait_for
 
 UNIT = ROOT / "etc" / "systemd" / "jobsup.service"
@@ -234,3 +234,41 @@ def test_unit_verifies_clean(tmp_path: Path):
                          capture_output=True, text=True, timeout=50)
     assert out.returncode == 0 and not out.stderr.strip() and not out.stdout.strip(), (
         out.stdout + out.stderr)
+
+
+def test_systemd_part_with_a_fake_clock(tmp_path: Path):
+    """The loop's side, pass by pass: READY once start-up is done and never while
+    stopping; pings on schedule; reload messages only after READY."""
+    lst = Listener(str(tmp_path / "n.sock"))
+    now = [100.0]
+    started = [False]
+    sd = Systemd(Notifier({"NOTIFY_SOCKET": lst.address, "WATCHDOG_USEC": "2000000"}, pid=1),
+                 lambda: started[0], lambda: "0 running, 0 queued, 1/1 workers, redis up",
+                 clock=lambda: now[0])
+    try:
+        sd.reloading()
+        sd.reloaded()  # before READY: nothing (READY comes when start-up is done)
+        sd.after_pass()  # the first ping is due at once, READY is not
+        assert sd.next_deadline() == 101.0
+        now[0] = 100.5
+        sd.after_pass()  # not started, no ping due yet
+        started[0] = True
+        now[0] = 101.0
+        sd.after_pass()  # READY, and the ping that is due
+        sd.after_pass()  # nothing new
+        now[0] = 101.5
+        sd.reloading()
+        sd.reloaded()
+        sd.begin_stop()
+        sd.begin_stop()
+        sd.reloaded()  # while stopping: no READY
+        wait_for(lambda: len(lst.snapshot()) >= 6, 5, what="six datagrams")
+        time.sleep(0.1)
+        got = [fields for _, fields in lst.snapshot()]
+        assert [f[0] for f in got] == ["WATCHDOG=1", "READY=1", "WATCHDOG=1", "RELOADING=1",
+                                       "READY=1", "STOPPING=1"], got
+        assert got[1][1].startswith("STATUS=0 running")
+        assert got[3][1].startswith("MONOTONIC_USEC=")
+    finally:
+        sd.notifier.close()
+        lst.close()
