@@ -54,7 +54,7 @@ from supervisord.security import secure_api
 from supervisord.settings import Settings
 from supervisord.shutdown import Shutdown
 from supervisord.signals import SignalReceiver
-from supervisord.sockets import bind, remove_bound
+from supervisord.sockets import BoundFile, bind, remove_bound
 from supervisord.states import Phase, WorkerState
 from supervisord.status import Sources, describe, queue_depths
 from supervisord.waiters import Waiters
@@ -86,7 +86,7 @@ class Master:
         self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
         self.queued: int | None = None  # jobs waiting, as the last gauge update found
-        self.bound: list = []  # the ipc socket files this daemon created
+        self.bound: list[BoundFile | None] = []  # the ipc socket files this daemon made
         self.systemd = Systemd(Notifier(take_environment()), self.started_up, self.sd_status)
 
     # -- the loop ---------------------------------------------------------------------
@@ -315,7 +315,8 @@ class Master:
 
     def sd_status(self) -> str:
         up, target = workers_up(self.workers.pools.values())
-        return summary(len(self.jobs.running), self.queued, up, target, self.writer.up,
+        queued = self.queued if self.writer.up else None  # not known while Redis is away
+        return summary(len(self.jobs.running), queued, up, target, self.writer.up,
                        self.phase.now.value)
 
     # -- input --------------------------------------------------------------------------
