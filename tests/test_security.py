@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import zmq.auth
 from supervisord import config
 from supervisord.client import Client
 from supervisord.errors import ConfigError, Unauthorized, Unavailable
+from tests.conftest import ROOT
 
 
 def free_port() -> int:
@@ -133,3 +136,13 @@ def _group_exists(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def test_config_check_names_the_abstract_socket(tmp_path: Path):
+    path = tmp_path / "abstract.toml"
+    path.write_text('[api]\nendpoint = "ipc://@jobsup-api"\n')
+    res = subprocess.run([sys.executable, "-m", "supervisord", "config", "check", str(path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 2, res
+    assert "api: endpoint ipc://@jobsup-api is an abstract unix socket" in res.stderr, res.stderr
