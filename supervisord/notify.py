@@ -42,7 +42,9 @@ class Notifier:
         self.address = address
         self.sock: socket.socket | None = None
         if address is not None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a service manager that is slow to read must not stall the loop.
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                      | socket.SOCK_NONBLOCK)
         self.watchdog_every = _watchdog_interval(env, pid) if address else None
         self._warned = False
 
