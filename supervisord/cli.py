@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from supervisord import __version__
 from supervisord import config as config_mod
 from supervisord.client import Client, Job
 from supervisord.errors import (
@@ -137,6 +138,8 @@ def _exit_for(job: Job) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="jobsup",
+                      message="%(prog)s %(version)s")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="config file")
 @click.option("--endpoint", default=None, help="daemon API endpoint (or JOBSUP_ENDPOINT)")

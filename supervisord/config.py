@@ -99,6 +99,16 @@ class RedisConfig(_Model):
         return self
 
 
+def parse_mode(value: Any) -> int:
+    """A file mode: ``"0660"`` (a string, read as octal) or ``0o660`` (a TOML octal)."""
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value.strip()):
+        return int(value, 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    raise ValueError(f"{value!r} is not a file mode; write it as a string such as \"0660\" "
+                     "or as a TOML octal number such as 0o660")
+
+
 class ApiConfig(_Model):
     endpoint: str = "tcp://127.0.0.1:7700"
     events: str = "tcp://127.0.0.1:7701"
@@ -106,6 +116,11 @@ class ApiConfig(_Model):
     curve_secret_key: str | None = None
     curve_allowed_clients: str | None = None
     max_message: Size = 64 * 1024 * 1024
+    # ipc:// socket files: who may connect.  0600 = the daemon's own user only.
+    socket_mode: Annotated[int, BeforeValidator(parse_mode)] = 0o600
+    # A group name or gid; looked up when the daemon binds (the group need not exist
+    # where the file is only checked), with a clear error if this host lacks it.
+    socket_group: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.\-]*\$?$|^\d+$")] | None = None
 
     @model_validator(mode="after")
     def _security(self) -> ApiConfig:
@@ -113,6 +128,11 @@ class ApiConfig(_Model):
             value = getattr(self, name)
             if not value.startswith(("tcp://", "ipc://")):
                 raise ValueError(f"{name} must be a tcp:// or ipc:// address")
+            if value.startswith("ipc://@"):
+                raise ValueError(
+                    f"{name} {value} is an abstract unix socket: it has no file and so "
+                    "no permissions, and any local user could connect; use a path such as "
+                    "ipc:///run/jobsup/api.sock (with socket_mode and socket_group)")
             if _public(value) and not self.insecure and not self.curve_secret_key:
                 raise ValueError(
                     f"{name} {value} is not loopback: set curve_secret_key and "
@@ -120,6 +140,11 @@ class ApiConfig(_Model):
                 )
         if self.curve_secret_key and not self.curve_allowed_clients:
             raise ValueError("curve_secret_key needs curve_allowed_clients (a directory of keys)")
+        if self.socket_mode & 0o007 and not self.insecure:
+            raise ValueError(
+                f"socket_mode {self.socket_mode:04o} lets every local user connect "
+                "(submit, read results, purge, shut down); use 0660 with socket_group, or "
+                "set insecure = true to accept that")
         return self
 
 

@@ -31,6 +31,14 @@ from supervisord.events import Publisher
 from supervisord.ids import IdGenerator
 from supervisord.lifecycle import Lifecycle
 from supervisord.logs import Logs
+from supervisord.notify import (
+    Notifier,
+    Systemd,
+    pools_started,
+    summary,
+    take_environment,
+    workers_up,
+)
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
 from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
@@ -48,7 +56,7 @@ from supervisord.security import secure_api
 from supervisord.settings import Settings
 from supervisord.shutdown import Shutdown
 from supervisord.signals import SignalReceiver
-from supervisord.sockets import bind
+from supervisord.sockets import BoundFile, bind, remove_bound
 from supervisord.states import Phase, WorkerState
 from supervisord.status import Sources, describe, queue_depths, redis_reads
 from supervisord.waiters import Waiters
@@ -80,6 +88,9 @@ class Master:
         self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
         self._slow_out = self._gauges_out = False  # their Redis reads are out
+        self.queued: int | None = None  # jobs waiting, as the last gauge update found
+        self.bound: list[BoundFile | None] = []  # the ipc socket files this daemon made
+        self.systemd = Systemd(Notifier(take_environment()), self.started_up, self.sd_status)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -111,6 +122,7 @@ class Master:
             self.scheduler.dispatch()
         self.send_writes()
         self.note_slow_pass()
+        self.systemd.after_pass()  # only a completed pass pings the systemd watchdog
 
     def note_slow_pass(self) -> None:
         """A pass that blocked (a Redis call waiting out its timeout) is logged: it
@@ -155,7 +167,8 @@ class Master:
             return 0
         now = time.monotonic()
         wake = [now + 1.0, self.next_timer]
-        for deadline in (self.watchdog.next_deadline(), self.writer.deadline()):
+        for deadline in (self.watchdog.next_deadline(), self.writer.deadline(),
+                         self.systemd.next_deadline()):
             if deadline is not None:
                 wake.append(deadline)
         if not self.writer.up:
@@ -209,8 +222,8 @@ class Master:
         self.api_sock.setsockopt(zmq.LINGER, 500)
         self.api_sock.setsockopt(zmq.MAXMSGSIZE, cfg.api.max_message)
         events_sock.setsockopt(zmq.SNDHWM, 100_000)
-        bind(self.api_sock, cfg.api.endpoint)
-        bind(events_sock, cfg.api.events)
+        self.bound = [bind(self.api_sock, cfg.api.endpoint, cfg.api),
+                      bind(events_sock, cfg.api.events, cfg.api)]
         # Connections that close: their clients' waits are dropped.
         self.monitor = self.api_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         poller.add(self.api_sock, always=True)  # replies are sent on it
@@ -218,8 +231,10 @@ class Master:
         poller.add(self.monitor)
         poller.add(self.signals.rfd)
         self.events = events = Publisher(events_sock)
-        self.phase.on_change = lambda old, new, why: events.publish(
-            "daemon", "phase", phase=new.value, was=old.value, why=why)
+        def phase_changed(old: Phase, new: Phase, why: str) -> None:
+            self.systemd.begin_stop()  # the phase only ever leaves running
+            events.publish("daemon", "phase", phase=new.value, was=old.value, why=why)
+        self.phase.on_change = phase_changed
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         poller.add(self.wake_r)
@@ -257,6 +272,7 @@ class Master:
             waiters=lambda: len(self.waiters), started=self.started)
 
     def close(self) -> None:
+        self.systemd.begin_stop()
         if hasattr(self, "reads"):
             self.reads.close()  # before the node key goes: no heartbeat may follow it
         if hasattr(self, "writer"):
@@ -272,6 +288,7 @@ class Master:
                 self.workers.forget(w)
         if hasattr(self, "zmq"):
             self.zmq.destroy(linger=200)
+            remove_bound(self.bound)
         if self.embedded is not None:
             self.embedded.stop()
         self.signals.restore()
@@ -303,6 +320,19 @@ class Master:
 
     def describe(self, facts: dict) -> dict:
         return describe(self.status_sources, facts)
+
+    # -- systemd ----------------------------------------------------------------------
+    def started_up(self) -> bool:
+        """READY=1 when the API is bound (it is, once passes run), Redis answers and
+        every pool's workers are started (see notify.pools_started)."""
+        return self.phase.running and self.writer.up and pools_started(
+            self.workers.pools.values())
+
+    def sd_status(self) -> str:
+        up, target = workers_up(self.workers.pools.values())
+        queued = self.queued if self.writer.up else None  # not known while Redis is away
+        return summary(len(self.jobs.running), queued, up, target, self.writer.up,
+                       self.phase.now.value)
 
     # -- input --------------------------------------------------------------------------
     def read_api(self, ready: dict) -> None:
@@ -633,8 +663,10 @@ class Master:
                 raise facts
             if not facts["redis"]["up"]:
                 return  # keep the last figures; redis_up says why
-            for name, depth in queue_depths(facts, self.scheduler).items():
+            depths = queue_depths(facts, self.scheduler)
+            for name, depth in depths.items():
                 m.queue_depth.labels(name).set(depth)
+            self.queued = sum(depths.values())
             for c in facts["circuits"]:
                 m.circuit.labels(c["type"]).set(GAUGE[c["state"]])
             m.dead_letters.set(facts["dead"])
@@ -653,6 +685,14 @@ class Master:
 
     # -- control ----------------------------------------------------------------------------
     def reload(self) -> list[dict]:
+        """SIGHUP or the API: systemd hears RELOADING=1, then READY=1 once it is done."""
+        self.systemd.reloading()
+        try:
+            return self.apply_config()
+        finally:
+            self.systemd.reloaded()
+
+    def apply_config(self) -> list[dict]:
         """Re-read the config file; an invalid one keeps the running settings."""
         self.results.changed = True
         if not self.config_path:

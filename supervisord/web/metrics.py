@@ -6,7 +6,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from supervisord import __version__
 
 log = logging.getLogger("jobsup.metrics")
 
@@ -54,6 +66,12 @@ class Metrics:
         self.redis_up = Gauge("jobsup_redis_up", "1 when Redis answers", registry=r)
         self.degraded = Gauge("jobsup_pool_degraded", "1 while a pool is in restart backoff",
                               ["pool"], registry=r)
+        # The standard process_* and python_* metrics: the registry is jobsup's own (so
+        # tests and several daemons in one process do not share), so add them to it.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
+        Info("jobsup_build", "The running jobsup", registry=r).info({"version": __version__})
         self.port: int | None = None
 
     def of_type(self, job_type: str) -> TypeMetrics:
