@@ -22,8 +22,11 @@ def apply(spec: dict) -> None:
     if spec.get("cgroup"):
         # memory_limit_kind = "cgroup": the master made this cgroup with its caps; enter
         # it before any import (the master also moves us, in case this is late).
-        with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as fh:
-            fh.write("0")
+        try:
+            with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as fh:
+                fh.write("0")
+        except PermissionError:
+            pass  # a pool that runs as another user: the master's move must do
         return
     limit = spec.get("memory_limit")
     if limit:

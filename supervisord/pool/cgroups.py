@@ -103,9 +103,17 @@ class Cgroups:
         """Move the master into its leaf, enable the memory controller for children,
         and end what an earlier master's workers left in their cgroups."""
         leaf = base / "master"
-        leaf.mkdir(exist_ok=True)
-        (leaf / "cgroup.procs").write_text(str(os.getpid()))
-        (base / "cgroup.subtree_control").write_text("+memory")
+        try:
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            (base / "cgroup.subtree_control").write_text("+memory")
+        except OSError as exc:
+            others = (base / "cgroup.procs").read_text().split()
+            why = f"setting up {base} failed ({exc})"
+            if exc.errno == errno.EBUSY and others:
+                why += (f": other processes ({', '.join(others[:5])}) share the daemon's "
+                        "cgroup, so it cannot hand the memory controller to its workers")
+            raise unavailable(why, ["*"]) from None
         groups = cls(base)
         for old in base.iterdir():
             if old.is_dir() and old.name.startswith("w") and old.name[1:].isdigit():
@@ -128,7 +136,7 @@ class Cgroups:
         cg.mkdir()
         (cg / "memory.max").write_text(str(int(limit)))
         for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
-            with contextlib.suppress(FileNotFoundError):  # no swap accounting: no swap file
+            if (cg / name).exists():  # no swap accounting on this kernel: no swap file
                 (cg / name).write_text(value)
         return cg
 
@@ -171,12 +179,9 @@ class Cgroups:
                 time.sleep(0.02)
 
     def _kill(self, cg: Path) -> None:
-        try:
-            (cg / "cgroup.kill").write_text("1")
-            return
-        except FileNotFoundError:
-            pass  # before Linux 5.14: one pid at a time
-        except OSError:
+        if (cg / "cgroup.kill").exists():  # Linux 5.14 and later; before, one pid at a time
+            with contextlib.suppress(OSError):
+                (cg / "cgroup.kill").write_text("1")
             return
         try:
             pids = (cg / "cgroup.procs").read_text().split()

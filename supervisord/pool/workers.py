@@ -403,6 +403,6 @@ class Workers:
             pool = self.pools.get(w.pool)
             limit = pool.cfg.memory_limit if pool else None
             w.kill_reason = KillReason.MEMORY
-            w.kill_why = (f"was killed by the kernel's OOM killer in its cgroup "
-                          f"(memory.max {limit} bytes, the pool's memory_limit)")
+            w.kill_why = (f"ran out of memory in its cgroup, where the kernel's OOM killer "
+                          f"ended it (memory.max {limit} bytes, the pool's memory_limit)")
             log.error("worker %d pid %d of pool %s: %s", w.wid, w.pid, w.pool, w.kill_why)
