@@ -308,6 +308,13 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+def _gpu_memory(n: int | None) -> str:
+    """'-' where NVML is not read; 0B for a worker that holds no GPU memory."""
+    if n is None:
+        return "-"
+    return _bytes(n) if n else "0B"
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @_common
@@ -328,9 +335,10 @@ def status(as_json: bool) -> None:
            ["POOL", "WORKERS", "IDLE", "BUSY", "QUEUED", "STATE"])
     click.echo()
     _table([[w["pool"], w["pid"], w["state"], w["job"], _bytes(w["rss"]), f"{w['cpu']:.0f}%",
-             ",".join(map(str, w["gpu"])) if w["gpu"] else "-", f"{w['uptime']:.0f}s",
-             w["jobs_done"]] for w in st["workers"]],
-           ["POOL", "PID", "STATE", "JOB", "RSS", "CPU", "GPU", "UPTIME", "DONE"])
+             ",".join(map(str, w["gpu"])) if w["gpu"] else "-",
+             _gpu_memory(w.get("gpu_memory")),
+             f"{w['uptime']:.0f}s", w["jobs_done"]] for w in st["workers"]],
+           ["POOL", "PID", "STATE", "JOB", "RSS", "CPU", "GPU", "GPU MEM", "UPTIME", "DONE"])
     if st.get("circuits"):
         click.echo()
         _table([[c["type"], c["state"], c.get("failures", "")] for c in st["circuits"]],
@@ -455,8 +463,11 @@ def config_group() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
     """Validate a config file; print each error with its key path."""
+    from supervisord.pool import host
+
     try:
         cfg = config_mod.load(path)
+        host.check(cfg).gpus.close()  # limits this box cannot enforce are errors too
     except ConfigError as exc:
         _config_errors(exc)
     click.echo(f"{path}: ok ({len(cfg.pools)} pool(s), {len(cfg.jobs)} job type(s))")

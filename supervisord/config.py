@@ -169,10 +169,11 @@ class PoolConfig(_Model):
     name: str = Field(pattern=r"^[\w.\-]+$")
     workers: Annotated[int, Field(ge=0, le=1024)] = Field(
         default_factory=lambda: os.cpu_count() or 1)
-    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    gpus: list[Annotated[int, Field(ge=0)]] | Literal["auto"] | None = None
     memory_limit: OptSize = None
-    memory_limit_kind: Literal["data", "as"] = "data"
+    memory_limit_kind: Literal["data", "as", "cgroup"] = "data"
     max_rss: OptSize = None
+    max_gpu_memory: OptSize = None
     max_jobs_per_worker: Annotated[int, Field(ge=1)] | None = None
     init: ImportPath | None = None
     prefetch: Annotated[int, Field(ge=0, le=1000)] | None = None
@@ -181,6 +182,13 @@ class PoolConfig(_Model):
     user: str | None = None
     group: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cgroup_needs_a_limit(self) -> PoolConfig:
+        if self.memory_limit_kind == "cgroup" and not self.memory_limit:
+            raise ValueError("memory_limit_kind = 'cgroup' needs memory_limit (the cgroup's "
+                             "memory.max), e.g. memory_limit = '24GiB'")
+        return self
 
 
 _DEFAULT_RETRY_ON = (

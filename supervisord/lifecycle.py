@@ -303,8 +303,8 @@ class Lifecycle:
         elif reason is KillReason.MEMORY:
             pool = self.settings.pools.get(w.pool)
             limit = pool.max_rss if pool else 0
-            self.fail(run, FailureKind.MEMORY,
-                      f"worker pid {pid} went over max_rss ({limit} bytes) and was {text}")
+            why = w.kill_why or f"went over max_rss ({limit} bytes)"
+            self.fail(run, FailureKind.MEMORY, f"worker pid {pid} {why} and was {text}")
         elif reason is KillReason.HEARTBEAT:
             self.fail(run, FailureKind.TIMEOUT,
                       f"worker pid {pid} sent no heartbeat for "

@@ -42,7 +42,8 @@ from supervisord.notify import (
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
 from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
-from supervisord.pool import process
+from supervisord.pool import host, orphans, process
+from supervisord.pool.cgroups import Cgroups
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import Workers
 from supervisord.redis.connect import connect
@@ -188,6 +189,10 @@ class Master:
         settings = Settings.build(cfg)
         self.signals.install()
         process.become_subreaper()
+        self.host = host.check(cfg)  # before anything is started: cgroups move the master
+        host.announce(cfg, self.host)
+        self.cgroups = Cgroups.setup(self.host.cgroup_base) if self.host.cgroup_base else None
+        orphans.kill_leftovers(cfg.state_path)  # before their jobs are requeued below
         url = cfg.redis.url
         if url == "embedded":
             self.embedded = EmbeddedRedis(cfg.state_path, cfg.redis.appendfsync,
@@ -242,8 +247,10 @@ class Master:
         pipe.connect()
         self.writer = Writer(self.store, pipe, settings, self.watch_redis, wake_w)
         self.watch_redis(pipe.fileno())
-        self.workers = Workers(settings, poller, self.worker_changed)
-        self.watchdog = Watchdog(settings, self.workers, m.rss)
+        self.workers = Workers(settings, poller, self.worker_changed,
+                               devices=self.host.gpus.devices,
+                               ledger=orphans.Ledger(cfg.state_path), cgroups=self.cgroups)
+        self.watchdog = Watchdog(settings, self.workers, m.rss, self.host.gpus, m.gpu)
         self.reads = Reads(cfg.redis.socket_timeout)
         poller.add(self.reads.fd)
         self.waiters = Waiters(self.store, self.reads, self.reply, self.fail)
@@ -291,6 +298,10 @@ class Master:
             remove_bound(self.bound)
         if self.embedded is not None:
             self.embedded.stop()
+        if getattr(self, "cgroups", None) is not None:
+            self.cgroups.close()
+        if hasattr(self, "host"):
+            self.host.gpus.close()
         self.signals.restore()
         log.info("jobsup node %s stopped", self.cfg.daemon.node_id)
 
@@ -709,6 +720,10 @@ class Master:
                 "daemon": new.daemon.model_copy(update={
                     "node_id": old.daemon.node_id, "state_dir": old.daemon.state_dir})})
             settings = Settings.build(new)
+            if host.check(new, self.host.gpus).cgroup_base and self.cgroups is None:
+                raise ConfigError("reload", errors=[{
+                    "loc": "pools", "msg": "memory_limit_kind = 'cgroup' was not in use at "
+                    "start; switching to it takes a restart"}])
         except ConfigError as exc:
             for err in exc.errors:
                 log.error("reload: %s: %s: %s", self.config_path, err["loc"], err["msg"])

@@ -93,6 +93,7 @@ def describe(src: Sources, facts: dict) -> dict:
         workers.append({
             "pid": w.pid, "pool": w.pool, "wid": w.wid, "state": w.state.value,
             "job": w.job.job.id if w.job else None, "rss": rss, "cpu": cpu, "gpu": w.gpu,
+            "gpu_memory": w.gpu_memory,
             "uptime": round(now - w.spawned, 3), "jobs_done": w.jobs_done,
         })
     live = {w["pid"] for w in workers}

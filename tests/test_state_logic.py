@@ -369,3 +369,56 @@ def test_a_stalled_master_does_not_judge_heartbeats(workers, clock):
     clock.advance(workers.settings.cfg.daemon.heartbeat_timeout + 1)
     assert dog.verdicts(clock.monotonic(), heartbeats=False) == []
     assert [v.reason for v in dog.verdicts(clock.monotonic())] == [KillReason.HEARTBEAT]
+
+
+# -- memory limits: RSS and GPU readings, decided without a process or NVML -----------------
+
+def pool_cfg(**limits):
+    from supervisord.config import PoolConfig
+
+    return PoolConfig(name="cpu", workers=1, **limits)
+
+
+def test_memory_verdicts_kill_over_max_gpu_memory_and_name_it(workers, clock):
+    from supervisord.pool.watchdog import MemoryReading, memory_verdicts
+
+    w1, w2, w3, w4 = (handle(workers, n, clock) for n in (1, 2, 3, 4))
+    cfg = pool_cfg(max_rss="1GiB", max_gpu_memory="2GiB")
+    readings = {
+        1: MemoryReading(rss=100, gpu=3 * 1024**3),  # over max_gpu_memory
+        2: MemoryReading(rss=100, gpu=2 * 1024**3),  # at the limit is not over it
+        3: MemoryReading(rss=2 * 1024**3, gpu=0),  # over max_rss
+        4: MemoryReading(rss=100, gpu=None),  # no NVML reading: GPU memory is not judged
+    }
+    got = memory_verdicts([(w, cfg) for w in (w1, w2, w3, w4)], readings)
+    assert [(v.worker.wid, v.reason, v.polite) for v in got] == [
+        (1, KillReason.MEMORY, False), (3, KillReason.MEMORY, False)]
+    assert "GPU memory" in got[0].why and "max_gpu_memory (2147483648 bytes)" in got[0].why
+    assert "RSS" in got[1].why and "max_rss" in got[1].why
+    # Without limits, or for a worker already being ended, nothing is decided.
+    assert memory_verdicts([(w1, pool_cfg())], readings) == []
+    w1.kill_reason = KillReason.TIMEOUT
+    assert memory_verdicts([(w1, cfg)], readings) == []
+
+
+def test_tree_gpu_memory_sums_a_worker_and_its_descendants_once():
+    from supervisord.pool.gpus import GpuSample, tree_gpu_memory
+
+    sample = GpuSample(processes={10: 1000, 11: 500, 99: 7000})
+    assert tree_gpu_memory([10, 11, 11, 12], sample) == 1500  # 99 is not of this tree
+    assert tree_gpu_memory([], sample) == 0
+
+
+def test_a_gpu_memory_kill_fails_the_job_with_kind_memory_naming_gpu_memory(workers, clock):
+    from supervisord.states import FailureKind
+
+    jobs, _, _, sent = lifecycle_parts(workers, clock)
+    w = started(workers, clock, jobs, sent)
+    w.kill_reason = KillReason.MEMORY
+    w.kill_why = "used 3221225472 bytes of GPU memory, over max_gpu_memory (2147483648 bytes)"
+    jobs.lost_worker(jobs.running["j1"], w, KillReason.MEMORY, "killed by signal SIGKILL")
+    failed = [op for op in jobs.batch.ops if op.kind != "start"]
+    assert failed, jobs.batch.ops
+    args = failed[-1].args
+    text = repr(args)
+    assert FailureKind.MEMORY.value in text and "GPU memory" in text, text

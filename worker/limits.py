@@ -8,6 +8,7 @@ PROT_NONE, not private writable memory).
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 
@@ -18,6 +19,15 @@ _KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 
 def apply(spec: dict) -> None:
     set_parent_death_signal(signal.SIGKILL, spec.get("master_pid"))
+    if spec.get("cgroup"):
+        # memory_limit_kind = "cgroup": the master made this cgroup with its caps; enter
+        # it before any import (the master also moves us, in case this is late).
+        try:
+            with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as fh:
+                fh.write("0")
+        except PermissionError:
+            pass  # a pool that runs as another user: the master's move must do
+        return
     limit = spec.get("memory_limit")
     if limit:
         which = _KINDS[spec.get("memory_limit_kind") or "data"]

@@ -1,20 +1,24 @@
 """The watchdog: one table of deadlines, checked by the master once per pass.
 
 It finds workers past their job's hard timeout, silent past the heartbeat
-timeout, over ``max_rss``, past a cancel's grace, or past the SIGKILL
-deadline of a polite stop.  ``verdicts`` decides from the table and the time
-alone (unit-tested with a fake clock); ``check`` carries them out through the
-pool.
+timeout, over ``max_rss`` or ``max_gpu_memory``, past a cancel's grace, or past
+the SIGKILL deadline of a polite stop.  ``verdicts`` decides from the table and
+the time alone, ``memory_verdicts`` from one reading of each worker tree's RSS
+and GPU memory (both unit-tested with fakes); ``check`` takes the readings
+(psutil, NVML) and carries the verdicts out through the pool.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
-from supervisord.pool.process import tree_rss
+from supervisord.config import PoolConfig
+from supervisord.pool.gpus import Gpus, GpuSample, tree_gpu_memory
 from supervisord.pool.workers import WorkerHandle, Workers
 from supervisord.settings import Settings
 from supervisord.states import KillReason, WorkerState
@@ -30,11 +34,42 @@ class Verdict:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryReading:
+    """One look at a worker's process tree."""
+
+    rss: int  # bytes, the worker and its descendants
+    gpu: int | None  # bytes of GPU memory the tree holds; None where NVML is not read
+
+
+def memory_verdicts(workers: Iterable[tuple[WorkerHandle, PoolConfig]],
+                    readings: Mapping[int, MemoryReading]) -> list[Verdict]:
+    """Which workers are over their pool's ``max_rss`` or ``max_gpu_memory``: pure,
+    from readings keyed by worker id.  Over either, a worker is killed at once
+    (SIGKILL): memory that grows will not wait for a polite stop."""
+    out = []
+    for w, cfg in workers:
+        got = readings.get(w.wid)
+        if got is None or w.kill_reason is not None:
+            continue
+        if cfg.max_rss and got.rss > cfg.max_rss:
+            out.append(Verdict(w, KillReason.MEMORY, False,
+                               f"used {got.rss} bytes RSS, over max_rss ({cfg.max_rss} bytes)"))
+        elif cfg.max_gpu_memory and got.gpu is not None and got.gpu > cfg.max_gpu_memory:
+            out.append(Verdict(w, KillReason.MEMORY, False,
+                               f"used {got.gpu} bytes of GPU memory, over max_gpu_memory "
+                               f"({cfg.max_gpu_memory} bytes)"))
+    return out
+
+
 class Watchdog:
-    def __init__(self, settings: Settings, workers: Workers, rss_gauge) -> None:
+    def __init__(self, settings: Settings, workers: Workers, rss_gauge,
+                 gpus: Gpus | None = None, gpu_gauges: Any = None) -> None:
         self.settings = settings
         self.workers = workers
         self.rss_gauge = rss_gauge
+        self.gpus = gpus or Gpus(why="not looked for")
+        self.gpu_gauges = gpu_gauges  # .worker, .used, .utilization (web.metrics)
         self._next_rss = 0.0
         self._procs: dict[int, psutil.Process] = {}
 
@@ -51,7 +86,7 @@ class Watchdog:
                     times.append(w.job.deadline)
                 if w.job.cancel_at is not None:
                     times.append(w.job.cancel_at)
-        if any(p.cfg.max_rss for p in self.workers.pools.values()):
+        if self.sampling():
             times.append(self._next_rss)
         return min(times) if times else None
 
@@ -94,35 +129,65 @@ class Watchdog:
                 self.workers.stop(w, v.reason)
             else:
                 self.workers.kill(w, v.reason)
-        if now >= self._next_rss:
+        if now >= self._next_rss and self.sampling():
             self._next_rss = now + self.settings.cfg.daemon.rss_check_interval
-            self.sample_rss()
+            self.sample_memory()
 
-    def sample_rss(self) -> None:
-        """Sum RSS over each worker's process tree (CUDA allocations show up in RSS too)."""
+    def sampling(self) -> bool:
+        """Memory is read when a pool caps it, or when there are GPUs to show."""
+        return bool(self.gpus.devices) or any(
+            p.cfg.max_rss or p.cfg.max_gpu_memory for p in self.workers.pools.values())
+
+    def sample_memory(self) -> None:
+        """Read each worker tree's RSS (psutil) and GPU memory (NVML), set the gauges,
+        and kill those over their pool's limits."""
+        gpu = self.gpus.sample() if self.gpus.devices else None
+        if gpu is not None:
+            self.set_device_gauges(gpu)
+        watched, readings = [], {}
         for pool in self.workers.pools.values():
-            limit = pool.cfg.max_rss
-            if not limit:
+            if not (pool.cfg.max_rss or pool.cfg.max_gpu_memory or gpu is not None):
                 continue
             for w in list(pool.workers.values()):
                 if w.kill_reason is not None:
                     continue
-                rss = self.rss(w)
-                self.rss_gauge.labels(pool.name, str(w.wid)).set(rss)
-                if rss > limit:
-                    log.error("worker %d pid %d uses %d bytes RSS, over max_rss %d; killing it",
-                              w.wid, w.pid, rss, limit)
-                    self.workers.kill(w, KillReason.MEMORY)
+                readings[w.wid] = got = self.read(w, gpu)
+                watched.append((w, pool.cfg))
+                if self.rss_gauge is not None:
+                    self.rss_gauge.labels(pool.name, str(w.wid)).set(got.rss)
+                if got.gpu is not None and self.gpu_gauges is not None:
+                    self.gpu_gauges.worker.labels(pool.name, str(w.wid)).set(got.gpu)
+        for v in memory_verdicts(watched, readings):
+            log.error("worker %d pid %d %s; killing it", v.worker.wid, v.worker.pid, v.why)
+            v.worker.kill_why = v.why
+            self.workers.kill(v.worker, KillReason.MEMORY)
 
-    def rss(self, w: WorkerHandle) -> int:
+    def read(self, w: WorkerHandle, gpu: GpuSample | None) -> MemoryReading:
         proc = self._procs.get(w.pid)
         try:
             if proc is None:
                 proc = self._procs[w.pid] = psutil.Process(w.pid)
-            return tree_rss(proc)
+            tree = [proc, *proc.children(recursive=True)]
         except psutil.Error:
             self._procs.pop(w.pid, None)
-            return 0
+            return MemoryReading(0, None)
+        rss = 0
+        for p in tree:
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass  # a descendant that exits while we look is not counted
+        used = tree_gpu_memory((p.pid for p in tree), gpu) if gpu is not None else None
+        w.gpu_memory = used
+        return MemoryReading(rss, used)
+
+    def set_device_gauges(self, sample: GpuSample) -> None:
+        if self.gpu_gauges is None:
+            return
+        for d in sample.devices:
+            self.gpu_gauges.used.labels(str(d.index)).set(d.used)
+            if d.utilization is not None:
+                self.gpu_gauges.utilization.labels(str(d.index)).set(d.utilization)
 
     def forget(self, pid: int) -> None:
         self._procs.pop(pid, None)

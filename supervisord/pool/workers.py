@@ -21,12 +21,15 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.config import PoolConfig
 from supervisord.errors import InvalidTransition
 from supervisord.pool import process
+from supervisord.pool.cgroups import Cgroups
+from supervisord.pool.orphans import Ledger
 from supervisord.redis.store import Reserved
 from supervisord.settings import Settings
 from supervisord.states import KillReason, WorkerState
@@ -78,6 +81,9 @@ class WorkerHandle:
     leave: KillReason | None = None  # stop once the current job is done
     kill_reason: KillReason | None = None  # why it is stopping
     kill_at: float | None = None  # SIGKILL deadline after a SIGTERM
+    kill_why: str | None = None  # what a memory kill was about, for the job's error
+    gpu_memory: int | None = None  # bytes, the watchdog's last NVML reading of its tree
+    cgroup: Path | None = None  # its own cgroup v2 (memory_limit_kind = "cgroup")
 
     @property
     def pid(self) -> int:
@@ -159,8 +165,12 @@ class Workers:
     """Starts, stops and tracks the worker processes of every pool."""
 
     def __init__(self, settings: Settings, watch: Watch, on_change: Hook | None = None,
-                 clock: Clock = SYSTEM) -> None:
+                 clock: Clock = SYSTEM, devices: list[int] | None = None,
+                 ledger: Ledger | None = None, cgroups: Cgroups | None = None) -> None:
         self.settings = settings
+        self.devices = list(devices or ())  # what gpus = "auto" means: NVML's devices
+        self.ledger = ledger
+        self.cgroups = cgroups
         self.watch = watch
         self.on_change = on_change
         self.clock = clock
@@ -251,30 +261,41 @@ class Workers:
     def start(self, pool: Pool) -> WorkerHandle:
         used = {w.slot for w in pool.workers.values()}
         slot = next(i for i in range(len(used) + 1) if i not in used)
-        gpus = pool.cfg.gpus
+        gpus = self.devices if pool.cfg.gpus == "auto" else pool.cfg.gpus
         gpu = [gpus[slot % len(gpus)]] if gpus else None
         env = dict(pool.cfg.env)
         env["JOBSUP_NODE"] = self.settings.node
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu))
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # number devices as NVML does
         wid = self._next_wid
         self._next_wid += 1
+        spec_cgroup = None
+        if pool.cfg.memory_limit_kind == "cgroup" and self.cgroups is not None:
+            spec_cgroup = self.cgroups.create(wid, pool.cfg.memory_limit or 0)
         (chan, chan_end), (control, control_end) = channel.pair(), channel.pair()
         fds = (chan_end.fileno(), control_end.fileno())
+        spec = self.spec(pool, wid, gpu, fds)
+        spec["cgroup"] = str(spec_cgroup) if spec_cgroup else None
         try:
-            child = process.spawn(self.spec(pool, wid, gpu, fds), env, pool.cfg.user,
-                                  pool.cfg.group, pass_fds=fds)
+            child = process.spawn(spec, env, pool.cfg.user, pool.cfg.group, pass_fds=fds)
         except BaseException:
             chan.close()
             control.close()
+            if spec_cgroup is not None and self.cgroups is not None:
+                self.cgroups.release(spec_cgroup)
             raise
         finally:
             chan_end.close()
             control_end.close()
+        if spec_cgroup is not None and self.cgroups is not None:
+            self.cgroups.enter(spec_cgroup, child.pid)
+        if self.ledger is not None:
+            self.ledger.add(child.pid)
         now = self.clock.monotonic()
         handle = WorkerHandle(wid=wid, pool=pool.name, slot=slot, child=child, gpu=gpu,
                               generation=pool.generation, chan=chan, control=control,
-                              spawned=now, last_beat=now)
+                              spawned=now, last_beat=now, cgroup=spec_cgroup)
         pool.workers[wid] = handle
         self.by_wid[wid] = handle
         self.by_pidfd[child.pidfd] = handle
@@ -288,6 +309,8 @@ class Workers:
     def reconcile(self, accepting: bool) -> None:
         """Start or stop workers so that each pool has its target."""
         now = self.clock.monotonic()
+        if self.cgroups is not None:
+            self.cgroups.sweep()  # cgroups of exited workers, once their last process is gone
         for pool in self.pools.values():
             alive = pool.staying()
             if accepting and now >= pool.backoff_until:
@@ -367,3 +390,19 @@ class Workers:
         w.child.close()
         # Whatever the worker started must not outlive it.
         process.signal_tree(w.pid, signal.SIGKILL, tree=[])
+        if self.ledger is not None:
+            self.ledger.remove(w.pid)
+        if w.cgroup is not None and self.cgroups is not None:
+            self.note_oom(w)
+            self.cgroups.release(w.cgroup)
+
+    def note_oom(self, w: WorkerHandle) -> None:
+        """A worker that the kernel's OOM killer ended in its cgroup failed of memory."""
+        assert self.cgroups is not None and w.cgroup is not None
+        if w.kill_reason is None and self.cgroups.oom_kills(w.cgroup) > 0:
+            pool = self.pools.get(w.pool)
+            limit = pool.cfg.memory_limit if pool else None
+            w.kill_reason = KillReason.MEMORY
+            w.kill_why = (f"ran out of memory in its cgroup, where the kernel's OOM killer "
+                          f"ended it (memory.max {limit} bytes, the pool's memory_limit)")
+            log.error("worker %d pid %d of pool %s: %s", w.wid, w.pid, w.pool, w.kill_why)

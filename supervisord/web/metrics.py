@@ -35,6 +35,15 @@ class TypeMetrics:
     queue_wait: Any
 
 
+@dataclass(frozen=True, slots=True)
+class GpuGauges:
+    """The GPU gauges, set by the watchdog from its NVML readings."""
+
+    worker: Any
+    used: Any
+    utilization: Any
+
+
 class Metrics:
     def __init__(self) -> None:
         self._types: dict[str, TypeMetrics] = {}
@@ -59,6 +68,14 @@ class Metrics:
                              registry=r)
         self.rss = Gauge("jobsup_worker_rss_bytes", "Worker tree RSS", ["pool", "worker"],
                          registry=r)
+        self.gpu = GpuGauges(
+            worker=Gauge("jobsup_worker_gpu_memory_bytes", "GPU memory of a worker tree (NVML)",
+                         ["pool", "worker"], registry=r),
+            used=Gauge("jobsup_gpu_memory_used_bytes", "GPU memory in use on a device (NVML)",
+                       ["gpu"], registry=r),
+            utilization=Gauge("jobsup_gpu_utilization_ratio",
+                              "Share of time a device was busy over NVML's last sample period",
+                              ["gpu"], registry=r))
         self.circuit = Gauge("jobsup_circuit_state", "0 closed, 1 half-open, 2 open", ["type"],
                              registry=r)
         self.dead_letters = Gauge("jobsup_dead_letter_jobs", "Jobs in the dead-letter set",
