@@ -123,8 +123,11 @@ class Waiters:
         """Reply to finished waiters, one read per view; records the last write returned
         need no read.  A read goes off the loop, and the replies follow it."""
         found: dict[str, dict[str, Any]] = {"records": dict(known or {}), "outcomes": {}}
-        need = {view: sorted({i for w in waiters if w.view == view for i in w.ids} - set(have))
-                for view, have in found.items()}
+        need: dict[str, list[str]] = {"records": [], "outcomes": []}
+        for w in waiters:
+            have = found[w.view]
+            need[w.view].extend(i for i in w.ids if i not in have)
+        need = {view: sorted(set(ids)) for view, ids in need.items()}
         if not any(need.values()):
             self._answer(waiters, found)
             return
