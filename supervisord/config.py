@@ -86,9 +86,13 @@ class RedisConfig(_Model):
     url: str = "embedded"
     prefix: str = Field(default="jobsup", pattern=r"^[\w.\-]+$")
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    persist: bool = True  # embedded only: false = no AOF, an empty Redis at every start
     server_binary: str | None = None
     socket_timeout: Annotated[float, Field(gt=0)] = 5.0
     retry_interval: Annotated[float, Field(gt=0)] = 0.5
+    # Transitions held while Redis is away; past it, progress is coalesced and no
+    # further held job is started until Redis is back.
+    outage_buffer: Annotated[int, Field(ge=100)] = 50_000
 
     @model_validator(mode="after")
     def _scheme(self) -> RedisConfig:
@@ -96,6 +100,10 @@ class RedisConfig(_Model):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("url must be 'embedded' or start with redis://, rediss:// or unix://")
+        if not self.persist and self.url != "embedded":
+            raise ValueError("persist = false applies to the embedded Redis only; an external "
+                             "Redis keeps its own persistence settings: remove persist or set "
+                             "url = \"embedded\"")
         return self
 
 

@@ -92,6 +92,7 @@ class Master:
         self.queued: int | None = None  # jobs waiting, as the last gauge update found
         self.bound: list[BoundFile | None] = []  # the ipc socket files this daemon made
         self.systemd = Systemd(Notifier(take_environment()), self.started_up, self.sd_status)
+        self._reassert = False  # Redis was away: hold the node id again once it is back
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -119,7 +120,7 @@ class Master:
         self.reap(ready)
         self.handle_signals(ready)
         self.tick()
-        if self.phase.running:
+        if self.phase.running and not self.writer.saturated():
             self.scheduler.dispatch()
         self.send_writes()
         self.note_slow_pass()
@@ -174,6 +175,8 @@ class Master:
                 wake.append(deadline)
         if not self.writer.up:
             wake.append(self.writer.retry_at)
+        if self.embedded is not None and self.embedded.restart_at is not None:
+            wake.append(self.embedded.restart_at)
         wall = [t for t in (self.scheduler.next_due, self.jobs.next_start_write) if t]
         if wall:
             wake.append(now + max(0.0, min(wall) - time.time()))
@@ -196,8 +199,9 @@ class Master:
         url = cfg.redis.url
         if url == "embedded":
             self.embedded = EmbeddedRedis(cfg.state_path, cfg.redis.appendfsync,
-                                          cfg.redis.server_binary)
+                                          cfg.redis.server_binary, cfg.redis.persist)
             self.embedded.start()
+            self.poller.add(self.embedded.pidfd)
             url = self.embedded.url
         self.store = Store(connect(url, cfg.redis), cfg.redis.prefix, settings.node)
         self.nodes = NodeRegistry(self.store, cfg.daemon.node_ttl)
@@ -403,6 +407,8 @@ class Master:
     def reap(self, ready: dict) -> None:
         for fd in [fd for fd in ready if isinstance(fd, int) and fd in self.workers.by_pidfd]:
             self.results.exited(self.workers.by_pidfd[fd])
+        if self.embedded is not None and self.embedded.pidfd in ready:
+            self.redis_exited()
         if self.signals.child_exited:
             self.signals.child_exited = False
             known = {w.pid for w in self.workers.all()}
@@ -434,6 +440,27 @@ class Master:
                             state=w.state.value, was=old.value, why=why)
 
     # -- Redis ----------------------------------------------------------------------------
+    def redis_exited(self) -> None:
+        """The embedded redis-server died: reap it, take the replies it sent before it
+        died, count what was in flight as lost (kept for a retry), refuse submits until
+        the next one answers, and plan its restart."""
+        self.poller.remove(self.embedded.pidfd)
+        self.embedded.exited(time.monotonic())
+        exc = redis.ConnectionError("the embedded redis-server died")
+        self.read_redis({}, block=True)
+        for failure in self.writer.cut(exc):
+            self.write_failed(failure)
+        self.redis_failed(exc)
+
+    def restart_redis(self) -> None:
+        """Start the embedded Redis again over its AOF; the writer reconnects at once, and
+        the first commit after it re-checks which jobs this node holds (resync)."""
+        self.embedded.spawn()
+        self.poller.add(self.embedded.pidfd)
+        self.metrics.redis_restarts.inc()
+        self.writer.resync = True
+        self.writer.retry_now()
+
     def watch_redis(self, fd: int | None) -> None:
         if self._redis_fd is not None:
             self.poller.remove(self._redis_fd)
@@ -497,6 +524,7 @@ class Master:
             log.critical("Redis rejected a jobsup script (a bug; please report it): %s", exc)
         self.writer.failed(exc)
         self.metrics.redis_up.set(0)
+        self._reassert = True
 
     def commit(self, c: Commit) -> None:
         """A write is in Redis: acknowledge its submits, run its effects, take the jobs
@@ -585,6 +613,8 @@ class Master:
         if jobs.next_start_write is not None and time.time() >= jobs.next_start_write:
             jobs.record_due_starts(time.time())
         now = time.monotonic()
+        if self.embedded is not None and self.embedded.restart_due(now):
+            self.restart_redis()
         deadline = self.watchdog.next_deadline()
         if deadline is not None and now >= deadline:
             # Heartbeats that came while this pass was blocked are not read yet.
@@ -629,9 +659,12 @@ class Master:
         janitor = self.due("janitor", now, every=5.0)
         lost = self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2)
         nodes, store = self.nodes, self.store
+        reassert, self._reassert = self._reassert, False
 
         def read() -> list[str]:
             nodes.beat()
+            if reassert:  # Redis was away: it may have lost the node id (ephemeral)
+                nodes.reassert()
             cancels = store.cancel_requested(held) if held else []
             if janitor:
                 store.expire()

@@ -7,6 +7,13 @@ first, once the connection's fd is readable, and hands each commit or failure
 back to the loop.  A write Redis refused for want of its scripts is sent again
 (the one NOSCRIPT path is in ``redis.store``).  A failed write's transitions go
 back at the front of the batch for the next try.
+
+While Redis is away the batch is the outage buffer: the jobs the node holds
+keep running and their outcomes wait in it, in order, until a reconnect writes
+them.  It is bounded by ``redis.outage_buffer``: at the bound, progress updates
+are coalesced to the newest per job, and if that is not enough, no further held
+job is started (``saturated``), so the buffer grows past the bound by at most
+the outcomes of the jobs already running.  Nothing acknowledged is dropped.
 """
 
 from __future__ import annotations
@@ -99,6 +106,7 @@ class Writer:
         self.resync = False  # replies were lost: jobs may be held that we never heard of
         self._seen = False
         self._fd: int | None = None
+        self._saturated = False
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -136,12 +144,45 @@ class Writer:
         """A reservation is in flight (how many to take next depends on its reply)."""
         return any(context[0] for _, context in self.pipe.inflight)
 
+    def retry_now(self) -> None:
+        """Redis was just restarted: connect as soon as it listens, not at the next retry."""
+        self.retry_at = 0.0
+
+    def saturated(self) -> bool:
+        """Redis is away and the outage buffer is at its bound: start no further job."""
+        bound = self.settings.cfg.redis.outage_buffer
+        if self.up or len(self.batch.ops) < bound:
+            return False
+        self._coalesce()
+        full = len(self.batch.ops) >= bound
+        if full and not self._saturated:
+            log.error("the outage buffer holds %d transitions (redis.outage_buffer %d): "
+                      "starting no further job until Redis is back; running jobs go on and "
+                      "their outcomes are kept", len(self.batch.ops), bound)
+        self._saturated = full
+        return full
+
+    def _coalesce(self) -> None:
+        """Keep only the newest progress update of each job (progress is advisory)."""
+        ops, effects = self.batch.ops, self.batch.effects
+        newest: dict[str, int] = {}
+        for at, op in enumerate(ops):
+            if op.kind == "progress":
+                newest[op.id] = at
+        keep = [at for at, op in enumerate(ops)
+                if op.kind != "progress" or newest[op.id] == at]
+        if len(keep) < len(ops):
+            self.batch.ops = [ops[at] for at in keep]
+            self.batch.effects = [effects[at] for at in keep]
+
     def ok(self) -> None:
         if not self.up:
             if self._seen:
-                log.warning("Redis is reachable again")
+                log.warning("Redis is reachable again; writing the %d transition(s) held "
+                            "meanwhile", len(self.batch.ops))
             self._seen = True
             self.up = True
+            self._saturated = False
 
     def failed(self, exc: Exception) -> None:
         """Redis is unreachable (a timeout or a broken connection)."""
@@ -223,6 +264,12 @@ class Writer:
     def deadline(self) -> float | None:
         """When the oldest write in flight becomes overdue (monotonic)."""
         return self.pipe.deadline(self.settings.cfg.redis.socket_timeout)
+
+    def cut(self, exc: Exception) -> list[Failure]:
+        """Redis is gone for certain (its process died): drop the connection now, not at
+        the next write, so that the reconnect starts at once."""
+        self.pipe.disconnect()
+        return self.lose(exc)
 
     def lose(self, exc: Exception) -> list[Failure]:
         """The connection failed: every write in flight is lost, and kept for a retry."""

@@ -136,3 +136,17 @@ def hold(payload: dict, ctx: JobContext) -> dict:
             return {"released": True, "n": payload.get("n")}
         time.sleep(0.01)
     return {"released": False, "n": payload.get("n")}
+
+
+def tally(payload: dict, ctx: JobContext) -> int:
+    """Appends the job id to ``payload["file"]`` (one ``O_APPEND`` write a run, so that a
+    test can count how often each job's handler ran), after ``payload["sleep"]`` s."""
+    import time
+
+    time.sleep(float(payload.get("sleep", 0)))
+    fd = os.open(payload["file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{ctx.job_id}\n".encode())
+    finally:
+        os.close(fd)
+    return int(payload.get("n", 0))

@@ -63,6 +63,13 @@ class NodeRegistry:
             log.critical("node id %s was taken by another daemon (%s); two daemons share it, "
                          "give each its own daemon.node_id", self.store.node, holder.decode())
 
+    def reassert(self) -> None:
+        """After Redis restarted: hold the node id and membership again, whatever the
+        restart kept (an ephemeral Redis keeps nothing)."""
+        r, keys, node = self.store.r, self.store.keys, self.store.node
+        r.set(keys.node(node), self.me, px=int(self.ttl * 1000))
+        r.sadd(keys.nodes, node)
+
     def release(self) -> None:
         r, keys = self.store.r, self.store.keys
         if r.get(keys.node(self.store.node)) == self.me.encode():

@@ -81,6 +81,9 @@ class Metrics:
         self.dead_letters = Gauge("jobsup_dead_letter_jobs", "Jobs in the dead-letter set",
                                   registry=r)
         self.redis_up = Gauge("jobsup_redis_up", "1 when Redis answers", registry=r)
+        self.redis_restarts = Counter("jobsup_redis_restarts",
+                                      "Embedded redis-server restarts after it died",
+                                      registry=r)
         self.degraded = Gauge("jobsup_pool_degraded", "1 while a pool is in restart backoff",
                               ["pool"], registry=r)
         # The standard process_* and python_* metrics: the registry is jobsup's own (so

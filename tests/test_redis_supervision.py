@@ -1,0 +1,177 @@
+"""The embedded redis-server is supervised: SIGKILLed under load, it is restarted over
+the same AOF at once, the daemon serves again, and nothing acknowledged is lost or run
+twice; a server that cannot start is retried with a growing delay, saying why.
+
+Real processes throughout: a daemon with ``redis.url = "embedded"``, its own
+redis-server (found by its pid file), a client submitting in a thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisord.errors import JobsupError, Unavailable
+from tests.conftest import Daemon, scrape_metrics, wait_for
+
+TALLY = {"tally": {"handler": "tests.handlers:tally", "timeout": 30}}
+
+
+def redis_pid(d: Daemon) -> int | None:
+    """The pid of the daemon's embedded redis-server now, if one runs and is its child."""
+    state = Path(d.sections["daemon"]["state_dir"])
+    try:
+        pid = int((state / "redis.pid").read_text().strip())
+        proc = psutil.Process(pid)
+        if proc.name() == "redis-server" and proc.status() != psutil.STATUS_ZOMBIE \
+                and proc.ppid() == d.pid:
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def zombies(d: Daemon) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(d.pid).children()
+                if p.status() == psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+def restarts(d: Daemon) -> float:
+    with d.client() as c:
+        port = c.status()["metrics_port"]
+    return scrape_metrics(port).get(("jobsup_redis_restarts_total", frozenset()), 0.0)
+
+
+def serves(d: Daemon, tally: Path) -> bool:
+    """A fresh submit+wait succeeds (ahead of the load's backlog)."""
+    try:
+        with d.client(timeout=5) as c:
+            job = c.wait(c.submit("tally", {"file": str(tally), "n": -1}, priority=10),
+                         timeout=5)
+            return job.status == "succeeded"
+    except JobsupError:
+        return False
+
+
+class Load(threading.Thread):
+    """Submits ``tally`` jobs one after the other until stopped; keeps every id that a
+    submit returned (acknowledged), counts the refusals."""
+
+    def __init__(self, d: Daemon, tally: Path) -> None:
+        super().__init__(daemon=True)
+        self.d, self.tally = d, tally
+        self.stop = threading.Event()
+        self.acked: dict[str, int] = {}
+        self.refused: list[str] = []
+        self.other: list[str] = []
+
+    def run(self) -> None:
+        n = 0
+        with self.d.client(timeout=10) as c:
+            while not self.stop.is_set():
+                n += 1
+                try:
+                    jid = c.submit("tally", {"file": str(self.tally), "n": n, "sleep": 0.02})
+                except Unavailable as exc:
+                    self.refused.append(str(exc))
+                    time.sleep(0.02)
+                    continue
+                except JobsupError as exc:
+                    self.other.append(f"{type(exc).__name__}: {exc}")
+                    time.sleep(0.02)
+                    continue
+                self.acked[jid] = n
+                time.sleep(0.01)  # about as fast as two workers run them: no backlog
+
+
+@pytest.mark.timeout(150)
+def test_sigkilled_embedded_redis_is_restarted_and_nothing_acknowledged_is_lost(
+        daemon_factory, tmp_path: Path):
+    d = daemon_factory(redis_url="embedded", jobs=TALLY, redis={"socket_timeout": 1.0})
+    tally = tmp_path / "tally.txt"
+    assert restarts(d) == 0
+    load = Load(d, tally)
+    load.start()
+    try:
+        wait_for(lambda: len(load.acked) >= 20, 20, 0.05, "the load to get going")
+        for round_ in range(3):
+            old = redis_pid(d)
+            assert old is not None, f"round {round_ + 1}: no embedded redis-server runs"
+            os.kill(old, signal.SIGKILL)
+            new = wait_for(lambda old=old: (p := redis_pid(d)) not in (None, old) and p,
+                           2.5, 0.02, f"a new redis-server after SIGKILL {round_ + 1}")
+            assert new != old
+            wait_for(lambda: serves(d, tally), 10, 0.1,
+                     f"the daemon to serve again after SIGKILL {round_ + 1}")
+            n = len(load.acked)
+            wait_for(lambda n=n: len(load.acked) >= n + 10, 20, 0.05, "the load to resume")
+        wait_for(lambda: not zombies(d), 5, 0.05, "no zombie child of the master")
+    finally:
+        load.stop.set()
+        load.join(30)
+    assert not load.other, load.other[:5]
+    for message in load.refused:  # refusals during an outage say what to do
+        assert "Redis" in message and ("try again" in message or "Resubmit" in message), \
+            message
+    with d.client(timeout=30) as c:
+        jobs = c.wait_many(list(load.acked), timeout=60)
+    problems = []
+    for job in jobs:
+        done = [h for h in job.history if h.get("status") == "succeeded"]
+        if job.status != "succeeded" or len(done) != 1 or job.result != load.acked[job.id]:
+            problems.append(f"{job.id}: {job.status}, result {job.result!r}, "
+                            f"{len(done)} succeeded entries; history {job.history}")
+    runs = collections.Counter(tally.read_text().split())
+    twice = {jid: n for jid, n in runs.items() if n > 1}
+    never = [jid for jid in load.acked if runs[jid] == 0]
+    assert not problems and not twice and not never, (
+        f"{len(load.acked)} acknowledged; wrong outcomes: {problems[:5]}; handlers run "
+        f"more than once: {twice}; acknowledged but never run: {never[:5]}")
+    assert restarts(d) == 3
+    assert not zombies(d)
+    log = d.log.read_text()
+    assert log.count("restarting it over the same data") == 3, log[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_a_redis_that_cannot_start_is_retried_with_backoff_and_the_reason_logged(
+        daemon_factory, tmp_path: Path):
+    d = daemon_factory(redis_url="embedded", jobs=TALLY, redis={"socket_timeout": 1.0})
+    tally = tmp_path / "tally.txt"
+    state = Path(d.sections["daemon"]["state_dir"])
+    conf = state / "redis.conf"
+    good = conf.read_text()
+    with d.client() as c:
+        jid = c.submit("tally", {"file": str(tally), "n": 7}, delay=1.5)
+    # Restarts read this file: from now on each new server exits at once.
+    conf.write_text(good + "no-such-directive yes\n")
+    os.kill(redis_pid(d), signal.SIGKILL)
+    wait_for(lambda: "restarting in" in d.log.read_text(), 20, 0.1,
+             "the daemon to back off restarting a failing redis-server")
+    wait_for(lambda: len(re.findall(r"restarting in ([\d.]+)s", d.log.read_text())) >= 2,
+             20, 0.1, "a second delayed restart")
+    log = d.log.read_text()
+    delays = [float(x) for x in re.findall(r"restarting in ([\d.]+)s", log)]
+    assert delays == sorted(delays) and delays[-1] > delays[0], delays
+    assert re.search(r"before it was ready.*Its log .* ends: .*Bad directive", log), (
+        f"the log does not say why redis-server failed:\n{log[-3000:]}")
+    with d.client(timeout=5) as c, pytest.raises(Unavailable, match="Redis"):
+        c.submit("tally", {"file": str(tally), "n": 8})
+    assert not zombies(d)
+    conf.write_text(good)  # mended: the next try starts it over the same AOF
+    wait_for(lambda: serves(d, tally), 40, 0.2, "the daemon to serve again once mended")
+    with d.client(timeout=10) as c:
+        job = c.wait(jid, timeout=20)
+    assert job.status == "succeeded" and job.result == 7, job
+    assert not zombies(d)
