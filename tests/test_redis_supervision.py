@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
-from supervisord.errors import JobsupError, Unavailable
+from supervisord.errors import JobsupError, NotFound, Unavailable
 from tests.conftest import Daemon, scrape_metrics, wait_for
 
 TALLY = {"tally": {"handler": "tests.handlers:tally", "timeout": 30}}
@@ -175,3 +176,68 @@ def test_a_redis_that_cannot_start_is_retried_with_backoff_and_the_reason_logged
         job = c.wait(jid, timeout=20)
     assert job.status == "succeeded" and job.result == 7, job
     assert not zombies(d)
+
+
+@pytest.mark.timeout(90)
+def test_redis_files_are_private_in_a_world_readable_state_dir(daemon_factory):
+    d = daemon_factory(redis_url="embedded", start=False)
+    state = Path(d.sections["daemon"]["state_dir"])
+    state.mkdir(mode=0o755)
+    os.chmod(state, 0o755)
+    (state / "redis.log").write_text("left by an earlier version\n")
+    os.chmod(state / "redis.log", 0o644)
+    d.start()
+    with d.client() as c:
+        c.wait(c.submit("echo", {"secret": "hunter2"}), timeout=20)
+    r = redis.Redis(unix_socket_path=str(state / "redis.sock"))
+    try:
+        r.bgrewriteaof()  # the rewritten AOF is a new file, made by a forked child
+        wait_for(lambda: r.info("persistence")["aof_rewrite_in_progress"] == 0
+                 and r.info("persistence")["aof_last_bgrewrite_status"] == "ok", 20, 0.05,
+                 "the AOF rewrite")
+    finally:
+        r.close()
+    made = [p for p in state.rglob("*")
+            if p.name.startswith("redis.") or "aof" in p.name or p.suffix == ".rdb"]
+    names = {p.name for p in made}
+    assert {"redis.log", "redis.pid", "redis.sock", "jobsup.aof"} <= names, names
+    assert any(b"hunter2" in p.read_bytes() for p in made if "aof" in p.name)
+    loose = {str(p.relative_to(state)): oct(p.stat().st_mode & 0o777) for p in made
+             if p.stat().st_mode & 0o077}
+    assert not loose, f"readable by others in a 0755 state dir: {loose}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("persist", [False, True])
+def test_persist_false_starts_empty_each_time(daemon_factory, persist: bool):
+    d = daemon_factory(redis_url="embedded", redis={"persist": persist})
+    state = Path(d.sections["daemon"]["state_dir"])
+    r = redis.Redis(unix_socket_path=str(state / "redis.sock"))
+    try:
+        assert r.config_get("appendonly") == {"appendonly": "yes" if persist else "no"}
+        assert r.config_get("save") == {"save": ""}
+    finally:
+        r.close()
+    with d.client() as c:
+        ids = [c.submit("noop", None, delay=3600) for _ in range(5)]
+        assert {c.get(jid).status for jid in ids} == {"scheduled"}
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
+    d.start()
+    with d.client() as c:
+        if persist:
+            assert {c.get(jid).status for jid in ids} == {"scheduled"}
+        else:
+            for jid in ids:
+                with pytest.raises(NotFound):
+                    c.get(jid)
+            assert c.wait(c.submit("add", {"a": 1, "b": 2}), timeout=20).result == 3
+    if not persist:
+        assert not list(state.glob("*.aof")) and not list(state.glob("*.rdb"))
+
+
+def test_persist_false_is_refused_for_an_external_redis():
+    from supervisord.config import RedisConfig
+
+    with pytest.raises(ValueError, match="embedded Redis only"):
+        RedisConfig(url="redis://127.0.0.1:6379", persist=False)
