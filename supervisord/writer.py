@@ -107,6 +107,7 @@ class Writer:
         self._seen = False
         self._fd: int | None = None
         self._saturated = False
+        self._retried = 0  # transitions in the last write sent while Redis was away
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -178,8 +179,8 @@ class Writer:
     def ok(self) -> None:
         if not self.up:
             if self._seen:
-                log.warning("Redis is reachable again; writing the %d transition(s) held "
-                            "meanwhile", len(self.batch.ops))
+                log.warning("Redis is reachable again; wrote the %d transition(s) held "
+                            "meanwhile", self._retried)
             self._seen = True
             self.up = True
             self._saturated = False
@@ -196,6 +197,8 @@ class Writer:
     def send(self, wants: Wants, promote: int) -> list[Failure]:
         """Write the batch (and the reservation); returns the write if it failed at once."""
         taken = self.batch.take()
+        if not self.up:
+            self._retried = len(taken.ops)
         jobs = [job for pending in taken.submits for job in pending.jobs]
         s = self.settings
         try:
