@@ -151,8 +151,10 @@ class Writer:
 
     def saturated(self) -> bool:
         """Redis is away and the outage buffer is at its bound: start no further job."""
+        if self.up:
+            return False  # every pass: keep it cheap
         bound = self.settings.cfg.redis.outage_buffer
-        if self.up or len(self.batch.ops) < bound:
+        if len(self.batch.ops) < bound:
             return False
         self._coalesce()
         full = len(self.batch.ops) >= bound

@@ -113,6 +113,12 @@ class EmbeddedRedis:
         self._stop_leftover()
         if not self.persist:
             (self.dir / _EPHEMERAL_RDB).unlink(missing_ok=True)
+            left = [p.name for p in (self.dir / "jobsup.aof", self.dir / "appendonlydir")
+                    if p.exists()]
+            if left:
+                log.warning("redis.persist = false: starting empty; the AOF of an earlier "
+                            "persistent run (%s in %s) is left alone and not loaded",
+                            ", ".join(left), self.dir)
         self._protect()
         conf = self.dir / "redis.conf"
         conf.write_text(self._conf())
