@@ -108,6 +108,7 @@ class Writer:
         self._fd: int | None = None
         self._saturated = False
         self._retried = 0  # transitions in the last write sent while Redis was away
+        self._eager_until = 0.0  # monotonic: retry fast until then (a restarted Redis)
 
     def configure(self, settings: Settings) -> None:
         self.settings = settings
@@ -145,9 +146,11 @@ class Writer:
         """A reservation is in flight (how many to take next depends on its reply)."""
         return any(context[0] for _, context in self.pipe.inflight)
 
-    def retry_now(self) -> None:
-        """Redis was just restarted: connect as soon as it listens, not at the next retry."""
+    def retry_now(self, eager: float = 2.0) -> None:
+        """Redis was just restarted: connect as soon as it listens (retrying every 50 ms
+        for ``eager`` seconds), not one ``retry_interval`` later."""
         self.retry_at = 0.0
+        self._eager_until = self.clock.monotonic() + eager
 
     def saturated(self) -> bool:
         """Redis is away and the outage buffer is at its bound: start no further job."""
@@ -190,10 +193,14 @@ class Writer:
     def failed(self, exc: Exception) -> None:
         """Redis is unreachable (a timeout or a broken connection)."""
         if self.up:
-            log.error("Redis is unreachable (%s); holding %d transition(s) and refusing "
-                      "submits until it is back", exc, len(self.batch.ops))
+            log.error("Redis is unreachable (%s); keeping transitions in the outage buffer "
+                      "and refusing submits until it is back", exc)
         self.up = False
-        self.retry_at = self.clock.monotonic() + self.settings.cfg.redis.retry_interval
+        now = self.clock.monotonic()
+        interval = self.settings.cfg.redis.retry_interval
+        if now < self._eager_until:
+            interval = min(interval, 0.05)
+        self.retry_at = now + interval
 
     # -- writing ------------------------------------------------------------------
     def send(self, wants: Wants, promote: int) -> list[Failure]:
