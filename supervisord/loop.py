@@ -455,7 +455,8 @@ class Master:
     def restart_redis(self) -> None:
         """Start the embedded Redis again over its AOF; the writer reconnects at once, and
         the first commit after it re-checks which jobs this node holds (resync)."""
-        self.embedded.spawn()
+        if not self.embedded.restart(time.monotonic()):
+            return
         self.poller.add(self.embedded.pidfd)
         self.metrics.redis_restarts.inc()
         self.writer.resync = True

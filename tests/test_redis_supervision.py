@@ -241,3 +241,15 @@ def test_persist_false_is_refused_for_an_external_redis():
 
     with pytest.raises(ValueError, match="embedded Redis only"):
         RedisConfig(url="redis://127.0.0.1:6379", persist=False)
+
+
+def test_restart_delay_backs_off_only_for_failed_starts_and_death_bursts():
+    from supervisord.redis.embedded import restart_delay
+
+    # A server that was serving and died: at once, however often that happened before.
+    assert [restart_delay(0, deaths) for deaths in (1, 5, 10)] == [0.0, 0.0, 0.0]
+    # Servers that die before they are ready: the first retried at once, then doubling.
+    assert [restart_delay(n, n) for n in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(30, 30) == 30.0
+    # More than ten deaths a minute of servers that did start: backing off too.
+    assert [restart_delay(0, d) for d in (11, 12, 13)] == [0.5, 1.0, 2.0]

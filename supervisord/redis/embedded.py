@@ -172,6 +172,20 @@ class EmbeddedRedis:
         self.started_at = time.monotonic()
         self.restart_at = None
 
+    def restart(self, now: float) -> bool:
+        """Start the next server; if it cannot even be started (the binary is gone, no
+        memory to fork), count it as a failed start and plan another."""
+        try:
+            self.spawn()
+            return True
+        except (OSError, ConfigError) as exc:
+            self.failures += 1
+            delay = restart_delay(self.failures, len(self.deaths))
+            self.restart_at = now + max(delay, 0.5)
+            log.error("could not start the embedded redis-server (%s); trying again in "
+                      "%.1fs", exc, self.restart_at - now)
+            return False
+
     def exited(self, now: float) -> float:
         """The server died: reap it (no zombie), log why, and plan the next start.
         Returns the delay before it."""
