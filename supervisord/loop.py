@@ -501,7 +501,7 @@ class Master:
     def write_failed(self, failure: Failure) -> None:
         exc, taken = failure.error, failure.taken
         self.redis_failed(exc)
-        self.refuse(taken.submits, exc)
+        self.refuse(taken.submits, exc, unsure=not isinstance(exc, redis.ResponseError))
         # Submits not sent yet would wait for Redis to come back: refuse them now, as
         # new submits are refused while it is away.
         unsent, self.writer.batch.submits = self.writer.batch.submits, []
@@ -509,16 +509,24 @@ class Master:
         self.writer.batch.put_back(taken)
         self.writer.resync = True
 
-    def refuse(self, submits: list, exc: Exception) -> None:
+    def refuse(self, submits: list, exc: Exception, unsure: bool = False) -> None:
+        """Tell the clients of submits that Redis did not confirm.  ``unsure``: the write
+        was sent and its reply lost, so Redis may have stored it; say so, rather than
+        tell a client its job is not there when it may run."""
         for pending in submits:
             started = [job for job in pending.jobs if job.lease]
-            for job in started:  # it went straight to a worker: stop it, it was never stored
+            for job in started:  # it went straight to a worker: stop it
                 self.jobs.request_cancel(job.id, job.lease)
-            self.api.fail(pending.identity, pending.rid, Unavailable(
-                f"Redis write failed ({exc}); the job was NOT accepted" + (
-                    f" ({len(started)} had already started on a worker and were told to "
-                    "stop)" if started else "") + ". Resubmit; an idempotency key makes "
-                "resubmitting safe"))
+            stopped = (f" ({len(started)} had already started on a worker and were told to "
+                       "stop)" if started else "")
+            if unsure:
+                text = (f"Redis did not confirm the write ({exc}); the job may or may not be "
+                        f"stored{stopped}. Resubmit with the same idempotency key (safe), or "
+                        "check with get once Redis is back")
+            else:
+                text = (f"Redis write failed ({exc}); the job was NOT accepted{stopped}. "
+                        "Resubmit; an idempotency key makes resubmitting safe")
+            self.api.fail(pending.identity, pending.rid, Unavailable(text))
 
     def redis_failed(self, exc: Exception) -> None:
         if isinstance(exc, redis.ResponseError) and self.writer.up:
