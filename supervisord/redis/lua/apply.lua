@@ -178,6 +178,14 @@ for _ = 1, nops do
       enqueue(id, cur[4], cur[5])
       push_history(id, a[1])
     end
+  elseif cur and kind == 'output' then
+    -- data, limit, at: keep the last `limit` bytes; note which attempt wrote how much
+    local len = redis.call('APPEND', k_out(id), a[1])
+    local limit = tonumber(a[2])
+    if len > limit then
+      redis.call('SET', k_out(id), redis.call('GETRANGE', k_out(id), -limit, -1))
+    end
+    redis.call('HSET', k_job(id), 'output_run', token, 'output_at', a[3])
   elseif cur and kind == 'progress' then
     if cur[2] == 'running' then
       redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2])
