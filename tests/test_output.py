@@ -9,7 +9,15 @@ import sys
 import threading
 
 import pytest
+import zmq
 
+from supervisord.config import validate
+from supervisord.events import Publisher
+from supervisord.output import Output
+from supervisord.pool.workers import Running
+from supervisord.redis.store import Reserved
+from supervisord.settings import Settings
+from supervisord.writer import Batch
 from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -135,3 +143,28 @@ def test_max_output_zero_keeps_nothing_but_still_logs(daemon_factory):
         assert c.wait(jid, timeout=30).status == "succeeded"
         assert c.logs(jid) == ""
     assert f"[job {jid} talk attempt 1" in d.log.read_text()
+
+
+def test_the_master_holds_at_most_max_output_per_job_and_writes_the_last_bytes():
+    """Pure: what the master buffers for one job is bounded, whatever the worker sends."""
+    cfg = validate({"jobs": {"t": {"handler": "a:b", "max_output": 100}}})
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    try:
+        out = Output(Settings.build(cfg), Batch(), Publisher(sock), up=lambda: True)
+        job = Reserved(pool="default", id="j1", token="n|1", type="t", payload=b"",
+                       attempt=1, max_attempts=1, timeout=10.0, crashes=0, priority=0,
+                       created_at=0.0, run_at=0.0, rate_limited=0)
+        run = Running(job=job, worker=None, started=0.0, deadline=None)  # type: ignore[arg-type]
+        for n in range(10):
+            out.data(run, 123, (f"{n}" * 49 + "\n").encode())
+            assert len(out.buffers["n|1"].pending) <= 100
+        out.finish(run, 123)
+        (op,) = out.batch.ops
+        assert (op.kind, op.id, op.token) == ("output", "j1", "n|1")
+        assert op.args.data == ("8" * 49 + "\n" + "9" * 49 + "\n").encode()
+        assert (op.args.limit, op.args.at) == (100, 500)
+        assert out.buffers == {}
+    finally:
+        sock.close(0)
+        ctx.term()

@@ -58,8 +58,15 @@ class Runtime:
 
     def send(self, msg: bytes) -> None:
         """Send an encoded message (``wire.worker.encode``) to the master."""
+        main = threading.current_thread() is threading.main_thread()
         with self.send_lock:  # handlers may report progress from their own threads
-            self.chan.send_bytes(msg)
+            if main:
+                self.soft.sending = True
+            try:
+                self.chan.send_bytes(msg)
+            finally:
+                if main:
+                    self.soft.sending = False
 
     # -- start-up ---------------------------------------------------------
     def load(self) -> None:

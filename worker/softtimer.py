@@ -24,12 +24,19 @@ class SoftTimer:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.armed = False
+        # Set while the main thread writes a frame to the master: raising then would
+        # leave half a frame on the channel, so the timeout waits a moment.
+        self.sending = False
         signal.signal(signal.SIGALRM, self._fire)
 
     def _fire(self, signum: int, frame: FrameType | None) -> None:
-        if self.armed:  # the handler may have returned just as the timer went off
-            self.armed = False
-            raise SoftTimeout(f"soft_timeout of {self.seconds:g}s reached")
+        if not self.armed:  # the handler returned just as the timer went off
+            return
+        if self.sending:
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+            return
+        self.armed = False
+        raise SoftTimeout(f"soft_timeout of {self.seconds:g}s reached")
 
     def arm(self, seconds: float | None) -> None:
         if not seconds or seconds <= 0:
