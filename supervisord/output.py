@@ -36,6 +36,7 @@ class _Buffer:
     total: int = 0  # bytes this attempt wrote in all
     line: bytearray = field(default_factory=bytearray)  # an unfinished line, for the log
     written: float = 0.0  # monotonic time of the last write
+    header: bytes = b""  # what starts the attempt's output after an earlier attempt's
 
 
 def job_fields(run: Running | None, pid: int) -> dict:
@@ -69,9 +70,7 @@ class Output:
             for line in _lines(bytearray(data), final=True):
                 log.info("%s", line, extra=job_fields(None, pid))
             return
-        buf = self.buffers.get(run.job.token)
-        if buf is None:
-            buf = self.buffers[run.job.token] = _Buffer(written=self.clock.monotonic())
+        buf = self._buffer(run, pid)
         self._keep(run, buf, data)
         buf.line += data
         extra = job_fields(run, pid)
@@ -88,11 +87,17 @@ class Output:
                 setattr(rec, key, value)
             target.handle(rec)
         if run is not None:
-            buf = self.buffers.get(run.job.token)
-            if buf is None:
-                buf = self.buffers[run.job.token] = _Buffer(written=self.clock.monotonic())
+            buf = self._buffer(run, pid)
             text = f"{logging.getLevelName(level)} {logger}: {message}\n"
             self._keep(run, buf, text.encode("utf-8", "replace"))
+
+    def _buffer(self, run: Running, pid: int) -> _Buffer:
+        buf = self.buffers.get(run.job.token)
+        if buf is None:
+            header = f"--- attempt {run.job.attempt}, node {self.settings.node}, pid {pid} ---\n"
+            buf = self.buffers[run.job.token] = _Buffer(written=self.clock.monotonic(),
+                                                        header=header.encode())
+        return buf
 
     def _keep(self, run: Running, buf: _Buffer, data: bytes) -> None:
         limit = self._limit(run)
@@ -113,7 +118,8 @@ class Output:
         if buf.pending:
             data, buf.pending = bytes(buf.pending), bytearray()
             self.batch.add(Op("output", run.job.id, run.job.token,
-                              scripts.Output(data, self._limit(run), buf.total)))
+                              scripts.Output(data, self._limit(run), buf.total, buf.header)))
+            buf.header = b""
         buf.written = self.clock.monotonic()
 
     def finish(self, run: Running, pid: int) -> None:

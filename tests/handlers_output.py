@@ -66,5 +66,6 @@ def stubborn(payload: dict, ctx: JobContext) -> None:
 
 
 def careless(payload: Any, ctx: JobContext) -> None:
-    """Lets SoftTimeout escape."""
+    """Says which attempt it is, then lets SoftTimeout escape."""
+    print(f"attempt {ctx.attempt} starts")
     time.sleep(30)

@@ -55,8 +55,13 @@ def test_a_handler_that_lets_it_escape_fails_with_kind_timeout_and_is_retried(da
     retried = [h for h in job.history if h["status"] in ("queued", "scheduled") and h.get("kind")]
     assert [h["kind"] for h in retried] == ["timeout"]
     # The worker was not killed: it took the second attempt, and is still there.
-    assert {h["pid"] for h in job.history if h["status"] == "running"} <= {
-        w["pid"] for w in d.workers()}
+    pids = [h["pid"] for h in job.history if h["status"] == "running"]
+    assert set(pids) <= {w["pid"] for w in d.workers()}
+    # Each attempt's output is kept, the second after a line that says which it is.
+    with d.client() as c:
+        assert c.logs(job.id) == ("attempt 1 starts\n"
+                                  f"--- attempt 2, node test-node, pid {pids[1]} ---\n"
+                                  "attempt 2 starts\n")
 
 
 def test_soft_timeout_must_be_shorter_than_timeout(tmp_path):

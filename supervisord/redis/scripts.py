@@ -77,6 +77,7 @@ class Output(NamedTuple):
     data: bytes
     limit: int
     at: int  # bytes this attempt has written in all, this chunk included (for followers)
+    header: bytes  # put before the chunk when an earlier attempt's output is stored
 
 
 OpArgs = Start | Ran | Finish | Retry | Fallback | Requeue | Progress | Output

@@ -179,7 +179,10 @@ for _ = 1, nops do
       push_history(id, a[1])
     end
   elseif cur and kind == 'output' then
-    -- data, limit, at: keep the last `limit` bytes; note which attempt wrote how much
+    -- data, limit, at, header: keep the last `limit` bytes; note which attempt wrote
+    -- how much; an attempt's output after an earlier one's starts with its header
+    local last = redis.call('HGET', k_job(id), 'output_run')
+    if last and last ~= token and a[4] ~= '' then redis.call('APPEND', k_out(id), a[4]) end
     local len = redis.call('APPEND', k_out(id), a[1])
     local limit = tonumber(a[2])
     if len > limit then
