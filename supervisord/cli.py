@@ -273,7 +273,8 @@ def logs(job_id: str, follow: bool) -> None:
     """A job's captured stdout, stderr and logging records (its last max_output bytes)."""
     with _client() as c:
         if not follow:
-            click.echo(c.logs(job_id), nl=False)
+            text = c.logs(job_id)
+            click.echo(text, nl=bool(text) and not text.endswith("\n"))
             return
         try:
             for chunk in c.follow_logs(job_id):
