@@ -226,10 +226,12 @@ class Api:
         self.later(identity, rid, "get", lambda: self.store.get(req.id), answer)
 
     def op_logs(self, identity: bytes, rid: Any, req: protocol.Logs) -> None:
-        found = self.store.output(req.id)
-        if found is None:
-            raise NotFound(f"no job {req.id} (it never existed or has expired)")
-        self.reply(identity, rid, protocol.LogsReply(**found))
+        def answer(found: dict | None) -> None:
+            if found is None:
+                raise NotFound(f"no job {req.id} (it never existed or has expired)")
+            self.reply(identity, rid, protocol.LogsReply(**found))
+
+        self.later(identity, rid, "logs", lambda: self.store.output(req.id), answer)
 
     def op_wait(self, identity: bytes, rid: Any, req: protocol.Wait) -> None:
         self.await_jobs(identity, rid, req.ids, req.view, req.timeout)
