@@ -47,7 +47,7 @@ log = logging.getLogger("jobsup.api")
 _NO_TAGS = pack({})
 # Operations answered from Redis: while it is unreachable they fail at once rather
 # than make the loop wait out a socket timeout.
-_READS_REDIS = frozenset({"get", "wait", "cancel", "jobs", "dlq"})
+_READS_REDIS = frozenset({"get", "wait", "cancel", "jobs", "dlq", "logs"})
 
 
 class Control:
@@ -224,6 +224,14 @@ class Api:
             self.reply(identity, rid, record)
 
         self.later(identity, rid, "get", lambda: self.store.get(req.id), answer)
+
+    def op_logs(self, identity: bytes, rid: Any, req: protocol.Logs) -> None:
+        def answer(found: dict | None) -> None:
+            if found is None:
+                raise NotFound(f"no job {req.id} (it never existed or has expired)")
+            self.reply(identity, rid, protocol.LogsReply(**found))
+
+        self.later(identity, rid, "logs", lambda: self.store.output(req.id), answer)
 
     def op_wait(self, identity: bytes, rid: Any, req: protocol.Wait) -> None:
         self.await_jobs(identity, rid, req.ids, req.view, req.timeout)

@@ -267,6 +267,24 @@ def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new output until the job ends")
+@_common
+def logs(job_id: str, follow: bool) -> None:
+    """A job's captured stdout, stderr and logging records (its last max_output bytes)."""
+    with _client() as c:
+        if not follow:
+            text = c.logs(job_id)
+            click.echo(text, nl=bool(text) and not text.endswith("\n"))
+            return
+        try:
+            for chunk in c.follow_logs(job_id):
+                click.echo(chunk, nl=False)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("job_id")
 @_common
 def cancel(job_id: str) -> None:
     """Cancel a queued or scheduled job, or stop a running one."""

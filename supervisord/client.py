@@ -291,6 +291,38 @@ class Client:
         call_timeout = None if timeout is None else timeout + self.timeout
         return self.call("wait", reply_timeout=call_timeout, **fields)
 
+    def logs(self, job_id: str) -> str:
+        """What the job's handler printed to stdout/stderr and logged: the last
+        ``max_output`` bytes of the type, kept with the job as long as its record."""
+        return self.call("logs", id=job_id)["text"]
+
+    def follow_logs(self, job_id: str, timeout: float | None = None) -> Iterator[str]:
+        """The job's output so far, then each new chunk as the handler writes it; ends
+        when the job is final.  Each byte comes once: the stored text says how far the
+        attempt that wrote it had got, and the live ``output`` events say where each
+        chunk starts, so what both hold is shown once."""
+        events = self.events(job_id, timeout=timeout)
+        first = next(events)  # subscribed: what comes from now on is not missed
+        stored = self.call("logs", id=job_id)
+        if stored["text"]:
+            yield stored["text"]
+        if first.get("status") in _TERMINAL or stored["status"] in _TERMINAL:
+            events.close()
+            return
+        seen = {stored["run"]: stored["at"]} if stored["run"] else {}
+        for event in events:
+            if event.get("event") != "output" or not event.get("captured"):
+                continue
+            run, start, end = event.get("run", ""), event.get("start", 0), event.get("at", 0)
+            have = seen.get(run, 0)
+            if end <= have:
+                continue
+            data = event.get("data", "")
+            if start < have:  # partly in the stored text already
+                data = data.encode()[have - start:].decode("utf-8", "replace")
+            seen[run] = end
+            yield data
+
     def cancel(self, job_id: str) -> dict:
         return self.call("cancel", id=job_id)
 

@@ -74,6 +74,7 @@ class DaemonConfig(_Model):
     node_ttl: Annotated[float, Field(gt=0)] = 15.0
     log_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _heartbeats(self) -> DaemonConfig:
@@ -208,6 +209,8 @@ class JobTypeConfig(_Model):
     handler: ImportPath
     pool: str | None = None
     timeout: Annotated[float, Field(gt=0)] | None = 3600.0
+    soft_timeout: Annotated[float, Field(gt=0)] | None = None
+    max_output: Size = 256 * 1024
     max_attempts: Annotated[int, Field(ge=1)] = 3
     max_crashes: Annotated[int, Field(ge=1)] = 2
     retry_on: list[FailureKind] = Field(default_factory=lambda: list(_DEFAULT_RETRY_ON))
@@ -226,6 +229,15 @@ class JobTypeConfig(_Model):
     schema_: ImportPath | None = Field(default=None, alias="schema")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _soft_before_hard(self) -> JobTypeConfig:
+        if self.soft_timeout is not None and self.timeout is not None \
+                and self.soft_timeout >= self.timeout:
+            raise ValueError(f"soft_timeout ({self.soft_timeout:g}s) must be shorter than "
+                             f"timeout ({self.timeout:g}s): the hard timeout kills the worker, "
+                             "so a later soft one would never be seen")
+        return self
 
 
 def _demo_jobs() -> dict[str, JobTypeConfig]:

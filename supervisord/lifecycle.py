@@ -71,8 +71,11 @@ class Lifecycle:
         the worker's current job (a pipelined job, for pools of short jobs)."""
         timeout = job.timeout or None
         run = Running(job=job, worker=w, started=0.0, deadline=None)
+        soft = self.settings.policy(job.type).soft_timeout
+        if soft is not None and timeout and soft >= timeout:
+            soft = None  # a submit's shorter --timeout comes first
         self.workers.send(w, msgs.Run(job.token, job.id, job.type, job.payload, job.attempt,
-                                      self.clock.time() + timeout if timeout else None))
+                                      self.clock.time() + timeout if timeout else None, soft))
         if w.job is None:
             self.begin(w, run)
         else:

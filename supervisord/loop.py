@@ -39,6 +39,7 @@ from supervisord.notify import (
     take_environment,
     workers_up,
 )
+from supervisord.output import Output
 from supervisord.phase import PhaseMachine
 from supervisord.policies.circuit import GAUGE, Circuits
 from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
@@ -79,7 +80,8 @@ class Master:
         self.exit_code = 0
         self.started = time.time()
         self.metrics = Metrics()
-        self.logs = Logs(cfg.daemon.log_file, cfg.daemon.log_level)
+        self.logs = Logs(cfg.daemon.log_file, cfg.daemon.log_level, cfg.daemon.log_format,
+                         cfg.daemon.node_id)
         self.signals = SignalReceiver()
         self.poller = Poller()
         self.embedded: EmbeddedRedis | None = None
@@ -263,7 +265,9 @@ class Master:
                               due=lambda t: self.scheduler.due(t))
         self.scheduler = Scheduler(settings, self.workers, self.jobs)
         self.circuits = Circuits(m.circuit, events.publish, self.scheduler.may_have_work)
-        self.results = Results(self.workers, self.jobs, self.scheduler, self.watchdog, events, m)
+        self.output = Output(settings, self.writer.batch, events, lambda: self.writer.up)
+        self.results = Results(self.workers, self.jobs, self.scheduler, self.watchdog, events, m,
+                               self.output)
         self.shutdown = Shutdown(self.phase, settings, self.workers, self.jobs,
                                  self.scheduler, self.writer, self.reads)
         self.api = Api(self.api_sock, settings, self.store, IdGenerator(), self.phase,
@@ -274,7 +278,7 @@ class Master:
         # read the monitor empty now, so that its first event wakes the loop.
         self.read_disconnects()
         self.parts = (self.writer, self.workers, self.watchdog, self.jobs, self.scheduler,
-                      self.shutdown, self.api)
+                      self.shutdown, self.api, self.output)
         self.settings = settings
         self.status_sources = Sources(
             lambda: self.settings, self.phase, self.workers, self.scheduler, self.store,
@@ -631,6 +635,7 @@ class Master:
         for run in jobs.running.values():
             if run.progress is not None and now - run.progress_written >= _PROGRESS_EVERY:
                 jobs.write_progress(run)
+        self.output.flush_due(jobs.running)
         if not self.phase.running:
             self.shutdown.step(now)
         elif self.results.changed:

@@ -13,6 +13,7 @@ import time
 from supervisord.clock import SYSTEM, Clock
 from supervisord.events import Publisher
 from supervisord.lifecycle import Lifecycle
+from supervisord.output import Output
 from supervisord.pool.process import describe_exit
 from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import WorkerHandle, Workers
@@ -34,7 +35,7 @@ _DECIDED = frozenset({KillReason.TIMEOUT, KillReason.MEMORY, KillReason.HEARTBEA
 
 class Results:
     def __init__(self, workers: Workers, jobs: Lifecycle, scheduler: Scheduler,
-                 watchdog: Watchdog, events: Publisher, metrics: Metrics,
+                 watchdog: Watchdog, events: Publisher, metrics: Metrics, output: Output,
                  clock: Clock = SYSTEM) -> None:
         self.workers = workers
         self.jobs = jobs
@@ -42,6 +43,7 @@ class Results:
         self.watchdog = watchdog
         self.events = events
         self.metrics = metrics
+        self.output = output
         self.clock = clock
         self.changed = True  # a worker came or went: reconcile now, not at the next tick
 
@@ -79,10 +81,15 @@ class Results:
                 pool.init_failures += 1
             return
         run = w.job
+        if isinstance(msg, msgs.Output | msgs.Log):
+            self.captured(w, msg)
+            return
         if run is None or run.job.token != msg.token:
             return  # from an attempt already given up on
         if w.kill_reason in _DECIDED and isinstance(msg, msgs.Done | msgs.Error):
             return  # its exit decides
+        if isinstance(msg, msgs.Done | msgs.Error):
+            self.output.finish(run, w.pid)  # written before the outcome
         if isinstance(msg, msgs.Done):
             if msg.status == "cancelled":
                 self.jobs.settle_cancelled(run, "handler returned after seeing ctx.cancelled")
@@ -98,6 +105,15 @@ class Results:
             self.events.publish(run.job.id, "progress", progress=msg.pct, message=msg.message)
         else:
             self.events.publish(run.job.id, "output", data=msg.data)
+
+    def captured(self, w: WorkerHandle, msg: msgs.Output | msgs.Log) -> None:
+        """Output of the worker's current job, or of none (between jobs, or of an
+        attempt already given up on): then it is logged with the worker's pid alone."""
+        run = w.job if w.job is not None and w.job.job.token == msg.token else None
+        if isinstance(msg, msgs.Output):
+            self.output.data(run, w.pid, msg.data)
+        else:
+            self.output.record(run, w.pid, msg.level, msg.logger, msg.message)
 
     def release(self, w: WorkerHandle, keep: bool = True) -> None:
         run = w.job
@@ -119,6 +135,7 @@ class Results:
         pool = self.workers.pools.get(w.pool)
         run, w.job = w.job, None
         if run is not None:
+            self.output.finish(run, w.pid)
             self.jobs.lost_worker(run, w, reason, text)
         while w.ahead:
             self.jobs.requeue(w.ahead.popleft().job, "")  # sent ahead but never started

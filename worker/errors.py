@@ -38,6 +38,18 @@ class RateLimited(JobFailure):
         self.retry_after = float(retry_after)
 
 
+class SoftTimeout(JobFailure):
+    """Raised inside a handler when its job type's ``soft_timeout`` has passed.
+
+    An ``Exception`` on purpose (unlike ``Interrupt``): a handler may catch it,
+    save or clean up, and return a result.  If it escapes, the job fails with
+    kind ``timeout`` and the type's retry policy applies.  The hard ``timeout``
+    still kills the worker's process group if the handler keeps going.
+    """
+
+    kind = "timeout"
+
+
 class Interrupt(BaseException):
     """Raised into a handler when the supervisor stops it (timeout, shutdown).
 

@@ -23,9 +23,11 @@ from typing import Any
 import msgpack
 
 from supervisord.wire import worker as msgs
+from worker.capture import Capture, CaptureHandler
 from worker.channel import Channel, ChannelBroken, pack
 from worker.context import JobContext
 from worker.errors import Interrupt, JobFailure
+from worker.softtimer import SoftTimer
 
 log = logging.getLogger("jobsup.worker")
 
@@ -51,11 +53,20 @@ class Runtime:
         self.schemas: dict[str, Any] = {}
         self.state: Any = None
         self.current: JobContext | None = None
+        self.capture: Capture | None = None
+        self.soft = SoftTimer()
 
     def send(self, msg: bytes) -> None:
         """Send an encoded message (``wire.worker.encode``) to the master."""
+        main = threading.current_thread() is threading.main_thread()
         with self.send_lock:  # handlers may report progress from their own threads
-            self.chan.send_bytes(msg)
+            if main:
+                self.soft.sending = True
+            try:
+                self.chan.send_bytes(msg)
+            finally:
+                if main:
+                    self.soft.sending = False
 
     # -- start-up ---------------------------------------------------------
     def load(self) -> None:
@@ -98,13 +109,19 @@ class Runtime:
                          gpu=self.spec.get("gpu"), state=self.state, token=token,
                          send=self.send)
         self.current = ctx
+        if self.capture is not None:
+            self.capture.begin(token)
         keep = True
         try:
             value = msgpack.unpackb(payload, raw=False) if payload else None
             schema = self.schemas.get(job_type)
             if schema is not None:
                 value = schema.model_validate(value)
-            result = self.handlers[job_type](value, ctx)
+            self.soft.arm(msg.soft_timeout)
+            try:
+                result = self.handlers[job_type](value, ctx)
+            finally:
+                self.soft.disarm()
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
             blob = pack(result)
@@ -114,19 +131,27 @@ class Runtime:
             self._fail(token, "memory", exc)
             keep = False  # a process that ran out of memory is not trusted again
         except Interrupt:
+            self._end_output()  # stopped (a hard timeout): what it wrote still counts
             raise
         except BaseException as exc:  # a handler's sys.exit() or bug is its job's failure
             self._fail(token, "exception", exc)
         else:
+            self._end_output()
             self.send(msgs.encode(msgs.Done(token, blob, "cancelled" if ctx.cancelled else "")))
         finally:
             self.current = None
         return keep
 
+    def _end_output(self) -> None:
+        """The job's last output goes before its outcome, so none of it is lost."""
+        if self.capture is not None:
+            self.capture.end()
+
     def _fail(self, token: str, kind: str, exc: BaseException,
               retry_after: float | None = None) -> None:
         message = f"{type(exc).__name__}: {exc}"
         tb = "".join(traceback.format_exception(exc))
+        self._end_output()
         self.send(msgs.encode(msgs.Error(token, kind, message[:4000], tb[-16000:], retry_after)))
 
     def loop(self) -> int:
@@ -145,16 +170,25 @@ class Runtime:
                     return 0
 
 
+def setup_logging(rt: Runtime) -> None:
+    """Every record, the runtime's own included, goes to the master (``worker.capture``),
+    which logs it in the daemon's format; a job's records are tagged with the job."""
+    rt.capture = Capture(rt.send)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(CaptureHandler(rt.capture))
+    rt.capture.start()
+
+
 def run(spec: dict) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     random.seed()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     sys.path.insert(0, spec.get("cwd") or os.getcwd())
     rt = Runtime(spec)
+    setup_logging(rt)
     try:
         rt.load()
     except BaseException as exc:  # report why, then exit non-zero: the pool backs off

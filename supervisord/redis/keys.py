@@ -17,6 +17,11 @@ class Keys:
     def history(self, job_id: str) -> str:
         return f"{self.prefix}:hist:{job_id}"
 
+    def output(self, job_id: str) -> str:
+        """The last ``max_output`` bytes a job's handler wrote (a string; the janitor
+        deletes it with the record)."""
+        return f"{self.prefix}:out:{job_id}"
+
     def queue(self, job_type: str) -> str:
         """One queue per job type (a zset by -priority, then id)."""
         return f"{self.prefix}:queue:{job_type}"

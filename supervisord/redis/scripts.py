@@ -71,7 +71,16 @@ class Progress(NamedTuple):
     message: str
 
 
-OpArgs = Start | Ran | Finish | Retry | Fallback | Requeue | Progress
+class Output(NamedTuple):
+    """Captured output of one attempt, appended; the key keeps the last ``limit`` bytes."""
+
+    data: bytes
+    limit: int
+    at: int  # bytes this attempt has written in all, this chunk included (for followers)
+    header: bytes  # put before the chunk when an earlier attempt's output is stored
+
+
+OpArgs = Start | Ran | Finish | Retry | Fallback | Requeue | Progress | Output
 
 # The fields of one reserved job in the apply script's reply, in order.
 RESERVED_FIELDS = ("pool", "id", "token", "type", "payload", "attempt", "max_attempts",

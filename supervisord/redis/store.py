@@ -368,6 +368,20 @@ class Store:
         rows = read_pipelined(self.r, commands)
         return [decode_record(_as_dict(rows[j]), rows[j + 1]) for j in range(0, len(rows), 2)]
 
+    def output(self, job_id: str) -> dict | None:
+        """A job's captured output as stored: the text (its last ``max_output`` bytes),
+        the attempt that wrote last (``run``) and how many bytes that attempt wrote in
+        all (``at``), so a follower can tell what it has seen; None if no such job."""
+        fields, text = read_pipelined(self.r, [
+            ("HMGET", self.keys.job(job_id), "status", "output_run", "output_at"),
+            ("GET", self.keys.output(job_id))])
+        status, run, at = fields
+        if status is None:
+            return None
+        return {"id": job_id, "status": status.decode(),
+                "text": (text or b"").decode("utf-8", "replace"),
+                "run": run.decode() if run else "", "at": int(at) if at else 0}
+
     def status_of(self, ids: list[str]) -> list[str | None]:
         rows = read_pipelined(self.r, [("HGET", self.keys.job(i), "status") for i in ids])
         return [s.decode() if s else None for s in rows]
@@ -477,6 +491,7 @@ _FIELDS: dict[bytes, tuple[str, Any]] = {
     **{name.encode(): (name, _BLOB) for name in _RECORD_BLOBS},
     **{name.encode(): (name, conv) for name, conv in _NUMBERS.items()},
     b"lease": ("lease", _HIDE), b"tagidx": ("tagidx", _HIDE),
+    b"output_run": ("output_run", _HIDE), b"output_at": ("output_at", _HIDE),
 }
 _OUTCOME = ("status", "result", "error", "attempt", "finished_at", "type")
 

@@ -67,6 +67,11 @@ class Wait(_Request):
     view: Literal["records", "outcomes"] = "records"
 
 
+class Logs(_Request):
+    op: Literal["logs"]
+    id: JobId
+
+
 class Cancel(_Request):
     op: Literal["cancel"]
     id: JobId
@@ -110,12 +115,12 @@ class Reload(_Request):
 
 Request = Annotated[
     Submit | SubmitMany | Get | Wait | Cancel | Jobs | DeadLetters | Status | Ping | Shutdown
-    | Reload,
+    | Reload | Logs,
     Field(discriminator="op"),
 ]
 _REQUEST = TypeAdapter(Request)
 OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "dlq", "status",
-              "ping", "shutdown", "reload")
+              "ping", "shutdown", "reload", "logs")
 
 
 # -- replies ---------------------------------------------------------------------------
@@ -135,6 +140,14 @@ class CancelReply(TypedDict, total=False):
     status: str  # cancelled, cancelling, or the final status it already had
     local: bool  # the job runs or waits on this node, which stops it at once
     message: str
+
+
+class LogsReply(TypedDict):
+    id: str
+    status: str
+    text: str  # the last max_output bytes of what the job's handler wrote and logged
+    run: str  # which attempt wrote last, as its ``output`` events name it
+    at: int  # bytes that attempt wrote in all: events up to here are in ``text``
 
 
 class JobsReply(TypedDict):

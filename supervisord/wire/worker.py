@@ -54,6 +54,22 @@ class Emit(_Msg, tag="emit"):
     data: str
 
 
+class Output(_Msg, tag="output"):
+    """Bytes the worker's fds 1/2 received; token "" when no job was running."""
+
+    token: str
+    data: bytes
+
+
+class Log(_Msg, tag="log"):
+    """One ``logging`` record of a handler (its formatted message, exception included)."""
+
+    token: str
+    level: int
+    logger: str
+    message: str
+
+
 # -- master to worker ---------------------------------------------------------------
 
 class Run(_Msg, tag="run"):
@@ -63,6 +79,7 @@ class Run(_Msg, tag="run"):
     payload: bytes
     attempt: int
     deadline: float | None  # wall clock
+    soft_timeout: float | None = None  # seconds: SoftTimeout is raised in the handler
 
 
 class Stop(_Msg, tag="stop"):
@@ -73,7 +90,7 @@ class Cancel(_Msg, tag="cancel"):
     token: str
 
 
-FromWorker = Ready | InitFailed | Done | Error | Progress | Emit
+FromWorker = Ready | InitFailed | Done | Error | Progress | Emit | Output | Log
 ToWorker = Run | Stop | Cancel
 DecodeError = msgspec.MsgspecError
 

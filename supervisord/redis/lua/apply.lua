@@ -178,6 +178,17 @@ for _ = 1, nops do
       enqueue(id, cur[4], cur[5])
       push_history(id, a[1])
     end
+  elseif cur and kind == 'output' then
+    -- data, limit, at, header: keep the last `limit` bytes; note which attempt wrote
+    -- how much; an attempt's output after an earlier one's starts with its header
+    local last = redis.call('HGET', k_job(id), 'output_run')
+    if last and last ~= token and a[4] ~= '' then redis.call('APPEND', k_out(id), a[4]) end
+    local len = redis.call('APPEND', k_out(id), a[1])
+    local limit = tonumber(a[2])
+    if len > limit then
+      redis.call('SET', k_out(id), redis.call('GETRANGE', k_out(id), -limit, -1))
+    end
+    redis.call('HSET', k_job(id), 'output_run', token, 'output_at', a[3])
   elseif cur and kind == 'progress' then
     if cur[2] == 'running' then
       redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2])

@@ -3,6 +3,7 @@
 local P = ARGV[1]
 local function k_job(id) return P .. ':job:' .. id end
 local function k_hist(id) return P .. ':hist:' .. id end
+local function k_out(id) return P .. ':out:' .. id end
 local function k_queue(jtype) return P .. ':queue:' .. jtype end
 local function k_owned(node) return P .. ':owned:' .. node end
 local K_SCHEDULED = P .. ':scheduled'

@@ -19,6 +19,6 @@ for _, id in ipairs(due) do
   redis.call('ZREM', P .. ':idx:all', id)
   redis.call('ZREM', K_DLQ, id)
   redis.call('ZREM', K_EXPIRY, id)
-  redis.call('DEL', k_job(id), k_hist(id))
+  redis.call('DEL', k_job(id), k_hist(id), k_out(id))
 end
 return #due
