@@ -224,6 +224,8 @@ class JobTypeConfig(_Model):
     retry_budget: Annotated[int, Field(ge=0)] | None = None
     max_rate_limited: Annotated[int, Field(ge=0)] = 100
     schema_: ImportPath | None = Field(default=None, alias="schema")
+    max_age: Annotated[float, Field(gt=0)] | None = None
+    cost: Annotated[float, Field(ge=0)] = 0.0
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

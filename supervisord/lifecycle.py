@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.events import Publisher
-from supervisord.policies import budget, circuit
+from supervisord.policies import budget, circuit, cost, expiry
 from supervisord.policies import fallback as fallback_policy
 from supervisord.policies import retry as outcome
 from supervisord.pool.workers import Running, WorkerHandle, Workers
@@ -50,6 +50,8 @@ class Lifecycle:
         self.due = due  # a job becomes due at this wall-clock time
         self.clock = clock
         self.fallbacks = fallback_policy.Fallbacks(metrics.submitted, events.publish, queued)
+        self.expiries = expiry.Expiries(metrics.failed, events.publish, waiters.finished)
+        self.costs = cost.Costs(metrics.registry)
         self.running: dict[str, Running] = {}
         self.unstarted: list[Running] = []  # runs whose start is not written yet
         self.next_start_write: float | None = None
@@ -66,6 +68,16 @@ class Lifecycle:
         return job.awaited or self.waiters.awaits_alone(job.id)
 
     # -- starting -----------------------------------------------------------------------
+    def expire_if_old(self, job: Reserved) -> bool:
+        """End a job past its type's ``max_age`` instead of starting it; True if it was."""
+        policy, now = self.settings.policy(job.type), self.clock.time()
+        if not expiry.expired(policy, job, now):
+            return False
+        log.info("job %s of %s expired: %s", job.id, job.type, expiry.message(policy, job, now))
+        self.batch.add(expiry.op(policy, job, self.node, now, self.awaited(job)),
+                       self.expiries.hook(job, expiry.message(policy, job, now)))
+        return True
+
     def start(self, w: WorkerHandle, job: Reserved) -> None:
         """Hand a job to a worker: it starts now if the worker is idle, else right after
         the worker's current job (a pipelined job, for pools of short jobs)."""
@@ -89,6 +101,7 @@ class Lifecycle:
             self.request_cancel(job.id, job.token)
         per_type = self.metrics.of_type(job.type)
         per_type.started.inc()
+        self.costs.started(self.settings.policy(job.type), job)
         per_type.queue_wait.observe(max(0.0, now - max(job.created_at, job.run_at)))
         node = self.node
         hist = history_entry("running", job.attempt, node, "started", pid=w.pid, now=now)

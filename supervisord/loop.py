@@ -40,6 +40,7 @@ from supervisord.notify import (
     workers_up,
 )
 from supervisord.phase import PhaseMachine
+from supervisord.policies import expiry
 from supervisord.policies.circuit import GAUGE, Circuits
 from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
 from supervisord.pool import host, orphans, process
@@ -210,6 +211,7 @@ class Master:
         if recovered:
             log.warning("requeued %d job(s) this node held when it last stopped", recovered)
         self.build(settings)
+        self.expire_queued()
         self.writer.ok()
         self.metrics.redis_up.set(1)
         self.metrics.serve(cfg.metrics.listen)
@@ -219,6 +221,13 @@ class Master:
         gc.freeze()
         log.info("jobsup node %s pid %d: api %s, events %s, %d pool(s)", settings.node,
                  os.getpid(), cfg.api.endpoint, cfg.api.events, len(self.workers.pools))
+
+    def expire_queued(self) -> None:
+        """Queued jobs past their type's max_age end without waiting for a worker."""
+        expired = self.store.expire_queued(expiry.sweep(self.settings.cfg))
+        if expired:
+            log.info("%d queued job(s) expired (max_age)", len(expired))
+            self.jobs.expiries.swept(expired)
 
     def build(self, settings: Settings) -> None:
         """Wire the parts: each gets what it needs, once."""
@@ -661,27 +670,34 @@ class Master:
         lost = self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2)
         nodes, store = self.nodes, self.store
         reassert, self._reassert = self._reassert, False
+        sweep = expiry.sweep(self.settings.cfg) if janitor else []
 
-        def read() -> list[str]:
+        def read() -> tuple[list[str], list[tuple[str, str, str]]]:
             nodes.beat()
             if reassert:  # Redis was away: it may have lost the node id (ephemeral)
                 nodes.reassert()
             cancels = store.cancel_requested(held) if held else []
+            expired = []
             if janitor:
                 store.expire()
+                expired = store.expire_queued(sweep)  # queued jobs past max_age
             if lost:
                 nodes.recover_lost()
-            return cancels
+            return cancels, expired
 
-        def done(cancels: list[str] | Exception) -> None:
+        def done(found: tuple[list[str], list[tuple[str, str, str]]] | Exception) -> None:
             self._slow_out = False
-            if isinstance(cancels, redis.RedisError):
-                self.redis_failed(cancels)
+            if isinstance(found, redis.RedisError):
+                self.redis_failed(found)
                 return
-            if isinstance(cancels, Exception):
-                raise cancels
+            if isinstance(found, Exception):
+                raise found
+            cancels, expired = found
             for job_id in cancels:
                 self.scheduler.cancel(job_id)
+            if expired:
+                log.info("%d queued job(s) expired (max_age)", len(expired))
+                self.jobs.expiries.swept(expired)
             self.writer.ok()
 
         self._slow_out = True

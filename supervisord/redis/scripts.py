@@ -75,4 +75,5 @@ OpArgs = Start | Ran | Finish | Retry | Fallback | Requeue | Progress
 
 # The fields of one reserved job in the apply script's reply, in order.
 RESERVED_FIELDS = ("pool", "id", "token", "type", "payload", "attempt", "max_attempts",
-                   "timeout", "crashes", "priority", "created_at", "run_at", "rate_limited")
+                   "timeout", "crashes", "priority", "created_at", "run_at", "rate_limited",
+                   "started_at")
