@@ -180,6 +180,10 @@ class Api:
                 except pydantic.ValidationError as exc:
                     raise protocol.invalid(
                         exc, message=f"{where}payload of {req.type!r} is invalid") from None
+            if protocol.nesting_over(payload, protocol.MAX_PAYLOAD_DEPTH):
+                raise protocol.ValidationError(
+                    f"{where}payload nests more than {protocol.MAX_PAYLOAD_DEPTH} levels of "
+                    "lists and maps; flatten it (or pass a reference to the data)")
             try:
                 blob = pack(payload)
             except (TypeError, ValueError) as exc:

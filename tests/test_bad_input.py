@@ -199,6 +199,62 @@ def test_malformed_frames(daemon, unchanged, frame, words):
     unchanged()
 
 
+def _deep(levels: int) -> bytes:
+    """A msgpack value nested ``levels`` arrays deep (msgpack's own encoder stops at 512)."""
+    return b"\x91" * levels + b"\xc0"
+
+
+def _map(**fields: bytes) -> bytes:
+    """A msgpack map of already-encoded values."""
+    return bytes([0x80 | len(fields)]) + b"".join(_frame(k) + v for k, v in fields.items())
+
+
+def test_deeply_nested_payload_is_invalid_and_reads_keep_working(env):
+    daemon, server = env
+    r = server.client()
+    stored = r.zcard("jobsup:idx:all")
+    with daemon.client() as c:
+        deep: list = []
+        for _ in range(100):
+            deep = [deep]
+        with pytest.raises(errors.ValidationError) as info:
+            c.submit("echo", {"x": deep})
+        assert "64 levels" in info.value.message and "flatten" in info.value.message
+        with pytest.raises(errors.ValidationError) as info:
+            c.submit_many("echo", [{"ok": 1}, deep])
+        assert "payloads[1]" in info.value.message
+        assert r.zcard("jobsup:idx:all") == stored  # nothing was queued
+        # The limit itself is allowed: 64 levels, counting the outer map.
+        ok: Any = 1
+        for _ in range(63):
+            ok = [ok]
+        allowed = c.submit("echo", {"x": ok})
+        assert c.wait(allowed, timeout=20).status == "succeeded"
+    # 1,023 levels, beyond what the client library can encode, on a bare socket.
+    reply = raw(daemon.endpoint, _map(v=_frame(1), op=_frame("submit"), rid=_frame(5),
+                                      type=_frame("echo"), payload=_deep(1023)))
+    assert_error(reply, "validation", "64 levels")
+    assert reply["rid"] == 5
+    assert r.zcard("jobsup:idx:all") == stored + 1  # only the allowed job
+    with daemon.client() as c:
+        assert c.get(allowed).status == "succeeded"
+        assert allowed in [j.id for j in c.jobs(limit=200)]
+        assert c.wait(allowed, timeout=5).result == {"x": ok}
+    r.close()
+
+
+@pytest.mark.parametrize("field", ["op", "rid"])
+def test_deeply_nested_op_or_rid_is_a_bad_request(daemon, unchanged, field):
+    fields = {"v": _frame(1), "op": _frame("ping"), "rid": _frame(9)}
+    fields[field] = _deep(1000)
+    reply = raw(daemon.endpoint, _map(**fields))
+    message = assert_error(reply, "bad_request", field)
+    assert "internal" not in message
+    with daemon.client() as c:
+        assert c.ping()["node"]
+    unchanged()
+
+
 def test_multi_frame_message(daemon, unchanged):
     ping = _frame({"v": 1, "op": "ping", "rid": 1})
     reply = raw(daemon.endpoint, ping, ping)
