@@ -106,7 +106,7 @@ def _show_job(job: Job) -> None:
         click.echo(f"next run  {_ts(job.run_at)}  ({why})")
     if job.worker:
         click.echo(f"worker    {job.worker['node']} pid {job.worker['pid']}")
-    if job.status == "running" or job.progress:
+    if job.progressed:  # a job that never reported progress shows none
         click.echo(f"progress  {job.progress:.0f}%  {job.progress_message or ''}")
     click.echo(f"created   {_ts(job.created_at)}")
     click.echo(f"started   {_ts(job.started_at)}")
@@ -406,8 +406,9 @@ def watch(job_id: str | None, as_json: bool) -> None:
                 stamp = _ts(ev.get("t"))
                 if ev["event"] == "state":
                     extra = f" [{ev['kind']}] {ev.get('message', '')}" if ev.get("kind") else ""
-                    click.echo(f"{stamp} {ev['job']} {ev['status']} "
-                               f"(attempt {ev.get('attempt')}){extra}")
+                    attempt = (f" (attempt {ev['attempt']})"
+                               if ev.get("attempt") is not None else "")
+                    click.echo(f"{stamp} {ev['job']} {ev['status']}{attempt}{extra}")
                 elif ev["event"] == "progress":
                     click.echo(f"{stamp} {ev['job']} {ev['progress']:.0f}% {ev['message']}")
                 else:

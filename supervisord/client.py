@@ -46,6 +46,7 @@ class Job(BaseModel):
     worker: dict | None = None
     progress: float = 0.0
     progress_message: str | None = None
+    progressed: bool = False  # the handler reported progress at least once
     result: Any = None
     error: dict | None = None
     history: list[dict] = []
@@ -351,10 +352,12 @@ class Client:
         sub.setsockopt(zmq.SUBSCRIBE, job_id.encode() if job_id else b"")
         sub.connect(endpoint)
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen = _Seen()
         try:
             time.sleep(0.05)  # let the subscription reach the publisher before we look
             if job_id:
                 job = self.get(job_id)
+                seen.snapshot(job)
                 yield {"event": "state", "job": job_id, "status": job.status,
                        "attempt": job.attempt, "progress": job.progress,
                        "message": job.progress_message, "t": time.time(), "current": True}
@@ -368,8 +371,45 @@ class Client:
                     continue
                 _, body = sub.recv_multipart()
                 event = msgpack.unpackb(body, raw=False)
+                if not seen.new(event):
+                    continue
                 yield event
                 if job_id and event.get("event") == "state" and event.get("status") in _TERMINAL:
                     return
         finally:
             sub.close(linger=0)
+
+
+class _Seen:
+    """What a watcher of one job has been shown, so that it is never shown again.
+
+    The subscription starts before the current record is read, and the daemon
+    publishes a transition's event only after Redis has it: so an event can
+    arrive after a snapshot that already holds its transition.  A state event
+    names its transition's history time (``at``); one no newer than the
+    snapshot's last history entry is old news.  An event without it is
+    dropped when it only repeats the state last shown.
+    """
+
+    def __init__(self) -> None:
+        self.known_until = 0.0
+        self.last: dict[str, tuple[Any, Any]] = {}
+
+    def snapshot(self, job: Job) -> None:
+        self.known_until = max((h.get("t") or 0.0 for h in job.history), default=0.0)
+        self.last[job.id] = (job.status, job.attempt)
+
+    def new(self, event: dict) -> bool:
+        if event.get("event") == "progress":
+            return (event.get("t") or 0.0) >= self.known_until
+        if event.get("event") != "state":
+            return True
+        at = event.get("at")
+        if at is not None and at <= self.known_until:
+            return False
+        state = (event.get("status"), event.get("attempt"))
+        job = event.get("job", "")
+        if at is None and self.last.get(job) == state:
+            return False
+        self.last[job] = state
+        return True

@@ -75,7 +75,7 @@ class Lifecycle:
             return False
         log.info("job %s of %s expired: %s", job.id, job.type, expiry.message(policy, job, now))
         self.batch.add(expiry.op(policy, job, self.node, now, self.awaited(job)),
-                       self.expiries.hook(job, expiry.message(policy, job, now)))
+                       self.expiries.hook(job, expiry.message(policy, job, now), now))
         return True
 
     def start(self, w: WorkerHandle, job: Reserved) -> None:
@@ -108,7 +108,8 @@ class Lifecycle:
 
         def effect(flag: str) -> None:
             if flag != "0":
-                self.events.state(job.id, "running", attempt=job.attempt, pid=w.pid, node=node)
+                self.events.state(job.id, "running", attempt=job.attempt, pid=w.pid, node=node,
+                                  at=now)
             elif w.job is run:
                 self.request_cancel(job.id, job.token)  # cancelled while on its way
 
@@ -161,7 +162,7 @@ class Lifecycle:
         def effect(flag: str) -> None:
             if flag != "0":
                 per_type.succeeded.inc()
-                self.events.state(job.id, "succeeded", attempt=job.attempt)
+                self.events.state(job.id, "succeeded", attempt=job.attempt, at=now)
                 self.waiters.finished(job.id)
 
         policy = self.settings.policy(job.type)
@@ -203,7 +204,7 @@ class Lifecycle:
             self.metrics.failed.labels(job.type, kind.value).inc()
             fallback = flag if flag not in ("1", "2", "c") else None
             self.events.state(job.id, "failed", attempt=job.attempt, kind=kind.value,
-                              message=message, fallback_job=fallback)
+                              message=message, fallback_job=fallback, at=now)
             self.waiters.finished(job.id)
             if fallback:
                 self.fallbacks.committed(job.id, job.type, policy.fallback, fallback)
@@ -237,7 +238,7 @@ class Lifecycle:
             elif flag == "1":
                 self.metrics.retried.labels(job.type, kind.value).inc()
                 self.events.state(job.id, status, attempt=next_attempt, kind=kind.value,
-                                  message=message, run_at=run_at or None)
+                                  message=message, run_at=run_at or None, at=now)
 
         self.batch.add(Op("retry", job.id, job.token, scripts.Retry(
             error, hist, run_at, flags, d.timeout or "", update, budget.limit(policy),
@@ -246,14 +247,16 @@ class Lifecycle:
 
     def settle_cancelled(self, run: Running, reason: str) -> None:
         self.record_start(run)
-        job = run.job
+        job, now = run.job, self.clock.time()
         error = pack({"kind": "cancelled", "message": reason, "traceback": None,
                       "attempt": job.attempt})
         hist = history_entry("cancelled", job.attempt, self.node, reason, pid=run.worker.pid,
-                             kind="cancelled")
+                             kind="cancelled", now=now)
 
         def effect(flag: str) -> None:
-            self.events.state(job.id, "cancelled", attempt=job.attempt)
+            if flag == "0":
+                return  # a stale attempt (already settled): announcing it again would repeat
+            self.events.state(job.id, "cancelled", attempt=job.attempt, at=now)
             self.waiters.finished(job.id)
 
         self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
@@ -264,11 +267,13 @@ class Lifecycle:
         """A job this node holds but never started was cancelled: end it, fenced."""
         error = pack({"kind": "cancelled", "message": reason, "traceback": None,
                       "attempt": job.attempt})
-        hist = history_entry("cancelled", job.attempt, self.node, reason, kind="cancelled")
+        now = self.clock.time()
+        hist = history_entry("cancelled", job.attempt, self.node, reason, kind="cancelled",
+                             now=now)
 
         def effect(flag: str) -> None:
             if flag != "0":
-                self.events.state(job.id, "cancelled", attempt=job.attempt)
+                self.events.state(job.id, "cancelled", attempt=job.attempt, at=now)
                 self.waiters.finished(job.id)
 
         self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
@@ -283,14 +288,15 @@ class Lifecycle:
             self.running.pop(job.id, None)
             if run.worker.job is run:
                 run.worker.job = None
-        hist = history_entry("queued", job.attempt, self.node, reason) if reason else b""
+        now = self.clock.time()
+        hist = history_entry("queued", job.attempt, self.node, reason, now=now) if reason else b""
 
         def effect(flag: str) -> None:
             if flag == "c":  # a cancel was waiting for it: it ended cancelled
                 self.events.state(job.id, "cancelled", attempt=job.attempt)
                 self.waiters.finished(job.id)
-            elif flag != "0":
-                self.events.state(job.id, "queued", attempt=job.attempt, message=reason)
+            elif flag != "0" and reason:  # a job given back unstarted changes nothing seen
+                self.events.state(job.id, "queued", attempt=job.attempt, message=reason, at=now)
 
         ttl = self.settings.policy(job.type).failure_ttl
         self.batch.add(Op("requeue", job.id, job.token, scripts.Requeue(hist, ttl)), effect)

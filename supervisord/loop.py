@@ -591,7 +591,8 @@ class Master:
             for job, (job_id, new) in zip(pending.jobs, rows, strict=True):
                 if new:
                     self.metrics.submitted.labels(job.type).inc()
-                    self.events.state(job_id, job.status, attempt=1, type=job.type)
+                    self.events.state(job_id, job.status, attempt=1, type=job.type,
+                                      at=job.created_at)
                     if job.status == "scheduled":
                         self.scheduler.due(job.run_at)
             ids = [job_id for job_id, _ in rows]

@@ -75,12 +75,12 @@ class Expiries:
                          kind=FailureKind.EXPIRED.value, message=text)
             self.finished(job_id)
 
-    def hook(self, job: Reserved, text: str) -> Callable[[str], None]:
+    def hook(self, job: Reserved, text: str, now: float) -> Callable[[str], None]:
         def effect(flag: str) -> None:
             if flag == "0":
                 return  # someone else moved it first (a cancel, another node)
             self.failed.labels(job.type, FailureKind.EXPIRED.value).inc()
             self.publish(job.id, "state", status="failed", attempt=job.attempt,
-                         kind=FailureKind.EXPIRED.value, message=text)
+                         kind=FailureKind.EXPIRED.value, message=text, at=now)
             self.finished(job.id)
         return effect

@@ -522,6 +522,7 @@ def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | No
         rec["worker"] = None
     rec["key"] = rec.get("key") or None
     rec["cancel_requested"] = rec.get("cancel_requested") == "1"
+    rec["progressed"] = rec.get("progressed") == "1"  # the handler reported progress
     rec["progress_message"] = rec.get("progress_message") or None
     rec["history"] = [unpack(entry) for entry in history]
     for name in ("started_at", "finished_at", "result", "error"):

@@ -83,7 +83,7 @@ for _ = 1, nops do
       flag = '0'
     else
       redis.call('HSET', k_job(id), 'status', 'running', 'started_at', a[3], 'worker', a[1],
-        'progress', 0, 'progress_message', '')
+        'progress', 0, 'progress_message', '', 'progressed', '')
       index_status(id, cur[2], 'running', cur[3])
       push_history(id, a[2])
     end
@@ -180,7 +180,9 @@ for _ = 1, nops do
     end
   elseif cur and kind == 'progress' then
     if cur[2] == 'running' then
-      redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2])
+      -- 'progressed' tells a handler that reported progress from one that never did
+      -- (whose record still reads 100 once it succeeds)
+      redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2], 'progressed', 1)
     else
       flag = '0'
     end
