@@ -326,7 +326,7 @@ class Api:
     def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
         self.reply(identity, rid, protocol.PingReply(
             node=self.settings.node, pid=os.getpid(), version=protocol.PROTOCOL_VERSION,
-            events=self.settings.cfg.api.events))
+            events=self.settings.cfg.api.events, max_message=self.settings.cfg.api.max_message))
 
     def op_shutdown(self, identity: bytes, rid: Any, req: protocol.Shutdown) -> None:
         self.control.shutdown(req.fast, "stop requested over the API")

@@ -18,10 +18,21 @@ import zmq
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from supervisord import zmtp
-from supervisord.errors import JobFailed, JobsupError, Timeout, Unauthorized, Unavailable, from_wire
+from supervisord.errors import (
+    JobFailed,
+    JobsupError,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    from_wire,
+)
 from supervisord.wire.api import PROTOCOL_VERSION, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # the daemon's api.max_message unless it says otherwise
+# A request this small is sent without asking the daemon for its message limit.
+_ASK_LIMIT_ABOVE = 64 * 1024
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -90,13 +101,16 @@ class Client:
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  connect_timeout: float = 3.0, events_endpoint: str | None = None,
                  curve_server_key: str | None = None,
-                 curve_client_cert: str | None = None, transport: str = "auto") -> None:
+                 curve_client_cert: str | None = None, transport: str = "auto",
+                 max_message: int | None = None) -> None:
         if transport not in ("auto", "zmq"):
             raise ValueError(f"transport must be 'auto' or 'zmq', not {transport!r}")
         self.endpoint = endpoint or os.environ.get("JOBSUP_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.events_endpoint = events_endpoint
+        # The daemon's api.max_message; asked for (once) before the first large request.
+        self.max_message = max_message
         self._curve = (curve_server_key or os.environ.get("JOBSUP_CURVE_SERVER_KEY"),
                        curve_client_cert or os.environ.get("JOBSUP_CURVE_CLIENT_CERT"))
         self._ctx = zmq.Context()
@@ -159,6 +173,8 @@ class Client:
         """Send one request and return its result, raising the daemon's error."""
         rid = next(self._rids)
         request = encode({"v": PROTOCOL_VERSION, "op": op, "rid": rid, **fields})
+        if len(request) > _ASK_LIMIT_ABOVE:
+            self._check_size(op, len(request))
         try:
             sock = self._socket()
             sock.send(request)
@@ -191,6 +207,23 @@ class Client:
             if reply.get("ok"):
                 return reply.get("result")
             raise from_wire(reply.get("error") or {})
+
+    def _check_size(self, op: str, size: int) -> None:
+        """Refuse a request over the daemon's message limit before sending it.
+
+        The daemon's socket drops a connection that sends more than
+        ``api.max_message`` bytes without a reply, which a client would only see
+        as a reset connection; said here, the error names the limit.
+        """
+        if self.max_message is None:
+            reply = self.call("ping")
+            self.max_message = int(reply.get("max_message") or DEFAULT_MAX_MESSAGE)
+        if size > self.max_message:
+            raise PayloadTooLarge(
+                f"the {op} request is {size:,} bytes, over the daemon's message limit of "
+                f"{self.max_message:,} bytes (api.max_message); nothing was sent. Store "
+                "large data elsewhere and pass a reference (a path or URL) in the payload",
+                size=size, limit=self.max_message)
 
     def _reset(self) -> None:
         if self._sock is not None:

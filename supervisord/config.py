@@ -324,6 +324,11 @@ def load(path: str | os.PathLike | None) -> Config:
     """Read a TOML config file; ``None`` gives the built-in defaults."""
     if path is None:
         return validate({})
+    return validate(read(path))
+
+
+def read(path: str | os.PathLike) -> dict:
+    """A config file's TOML data, not yet validated."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -337,4 +342,4 @@ def load(path: str | os.PathLike | None) -> Config:
             f"config file {path} is not valid TOML",
             errors=[{"loc": str(path), "msg": str(exc)}],
         ) from None
-    return validate(data)
+    return data

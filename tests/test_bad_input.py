@@ -402,3 +402,55 @@ def test_config_check_bad_reference_names_its_key(tmp_path):
     assert res.returncode == 2, res
     assert "  jobs.x.pool: " in res.stderr
     assert "'gpu'" in res.stderr
+
+
+def test_config_check_imports_every_handler_init_and_schema_in_a_child(tmp_path):
+    marker = tmp_path / "imported.txt"
+    path = _write(tmp_path, "typos.toml", """
+[[pools]]
+name = "cpu"
+workers = 1
+init = "tests.handlers:no_such_init"
+
+[jobs.ok]
+handler = "tests.import_marker:handler"
+
+[jobs.typo]
+handler = "examples.demo:echoo"
+
+[jobs.badschema]
+handler = "examples.demo:echo"
+schema = "examples.demo:echo"
+
+[jobs.nomodule]
+handler = "examples.nosuchmodule:run"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisord", "config", "check", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                     JOBSUP_TEST_IMPORT_MARKER=str(marker)))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert "4 error(s)" in err
+    assert "pools[0].init: module 'tests.handlers' has no 'no_such_init'" in err
+    assert "jobs.typo.handler: module 'examples.demo' has no 'echoo' (did you mean echo" in err
+    assert "jobs.badschema.schema: examples.demo:echo is a function, not a pydantic model" in err
+    assert "jobs.nomodule.handler: cannot import module 'examples.nosuchmodule'" in err
+    # The handlers were imported, but by another process than the CLI.
+    importers = marker.read_text().split()
+    assert len(importers) == 1 and int(importers[0]) != proc.pid
+
+
+def test_config_check_reports_key_errors_and_import_errors_together(tmp_path):
+    path = _write(tmp_path, "both.toml", """
+[[pools]]
+name = "cpu"
+workers = -1
+
+[jobs.typo]
+handler = "examples.demo:echoo"
+""")
+    res = jobsup("config", "check", str(path))
+    assert res.returncode == 2, res
+    assert "pools[0].workers" in res.stderr
+    assert "jobs.typo.handler: module 'examples.demo' has no 'echoo'" in res.stderr

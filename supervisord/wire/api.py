@@ -157,6 +157,7 @@ class PingReply(TypedDict):
     pid: int
     version: int
     events: str
+    max_message: int  # api.max_message: clients refuse larger requests before sending
 
 
 class ShutdownReply(TypedDict):
