@@ -161,3 +161,12 @@ def record_run(payload: dict, ctx: JobContext) -> dict:
         fh.write(f"{ctx.job_id}\n")
     time.sleep(float(payload.get("sleep", 0)))
     return {"ran": ctx.job_id}
+
+
+def whoami(payload: dict | None, ctx: JobContext) -> int:
+    """Returns the worker's pid after sleeping ``payload["sleep"]`` seconds (so that
+    jobs submitted together land on different workers)."""
+    import time
+
+    time.sleep(float((payload or {}).get("sleep", 0)))
+    return os.getpid()
