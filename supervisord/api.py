@@ -180,6 +180,10 @@ class Api:
                 except pydantic.ValidationError as exc:
                     raise protocol.invalid(
                         exc, message=f"{where}payload of {req.type!r} is invalid") from None
+            if protocol.nesting_over(payload, protocol.MAX_PAYLOAD_DEPTH):
+                raise protocol.ValidationError(
+                    f"{where}payload nests more than {protocol.MAX_PAYLOAD_DEPTH} levels of "
+                    "lists and maps; flatten it (or pass a reference to the data)")
             try:
                 blob = pack(payload)
             except (TypeError, ValueError) as exc:
@@ -330,7 +334,7 @@ class Api:
     def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
         self.reply(identity, rid, protocol.PingReply(
             node=self.settings.node, pid=os.getpid(), version=protocol.PROTOCOL_VERSION,
-            events=self.settings.cfg.api.events))
+            events=self.settings.cfg.api.events, max_message=self.settings.cfg.api.max_message))
 
     def op_shutdown(self, identity: bytes, rid: Any, req: protocol.Shutdown) -> None:
         self.control.shutdown(req.fast, "stop requested over the API")

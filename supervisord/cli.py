@@ -75,7 +75,8 @@ def _client() -> Client:
     endpoint = obj.get("endpoint")
     path = obj.get("config") or os.environ.get("JOBSUP_CONFIG")
     if not endpoint and path:
-        endpoint = config_mod.load(path).api.endpoint
+        api = config_mod.load(path).api
+        return Client(api.endpoint, max_message=api.max_message)
     return Client(endpoint)
 
 
@@ -106,7 +107,7 @@ def _show_job(job: Job) -> None:
         click.echo(f"next run  {_ts(job.run_at)}  ({why})")
     if job.worker:
         click.echo(f"worker    {job.worker['node']} pid {job.worker['pid']}")
-    if job.status == "running" or job.progress:
+    if job.progressed:  # a job that never reported progress shows none
         click.echo(f"progress  {job.progress:.0f}%  {job.progress_message or ''}")
     click.echo(f"created   {_ts(job.created_at)}")
     click.echo(f"started   {_ts(job.started_at)}")
@@ -340,13 +341,19 @@ def status(as_json: bool) -> None:
     """Pools, workers, queues, circuits and Redis health."""
     with _client() as c:
         st = c.status()
+    r = st["redis"]
     if as_json:
         _dump(st)
+        if not r.get("up"):
+            sys.exit(EXIT_UNREACHABLE)
         return
-    r = st["redis"]
+    if r.get("up"):
+        health = (f"redis up {r.get('version', '')} {r.get('latency_ms', '-')}ms; "
+                  f"dead letters {st['dead_letters']}")
+    else:
+        health = "redis DOWN"
     click.echo(f"node {st['node']} pid {st['pid']} {st['phase']} up {st['uptime']:.0f}s; "
-               f"redis {'up' if r.get('up') else 'DOWN'} {r.get('version', '')} "
-               f"{r.get('latency_ms', '-')}ms; dead letters {st['dead_letters']}")
+               f"{health}")
     click.echo()
     _table([[p["name"], f"{p['workers']}/{p['target']}", p["idle"], p["busy"], p["queued"],
              "DEGRADED" if p["degraded"] else "ok"] for p in st["pools"]],
@@ -361,6 +368,12 @@ def status(as_json: bool) -> None:
         click.echo()
         _table([[c["type"], c["state"], c.get("failures", "")] for c in st["circuits"]],
                ["TYPE", "CIRCUIT", "FAILURES"])
+    if not r.get("up"):
+        click.echo()
+        _fail(f"Redis is down ({r.get('error') or 'unreachable'}): the daemon keeps running "
+              "the jobs it holds and retries Redis by itself, but takes no submits, and "
+              "queues, dead letters and circuits cannot be read until it is back",
+              EXIT_UNREACHABLE)
 
 
 @main.group()
@@ -401,10 +414,21 @@ def dlq_retry(job_ids: tuple[str, ...], retry_all: bool) -> None:
 
 
 @dlq.command("purge")
+@click.option("--yes", "-y", is_flag=True, help="do not ask (needed off a terminal)")
 @_common
-def dlq_purge() -> None:
-    """Delete every job in the dead-letter set."""
+def dlq_purge(yes: bool) -> None:
+    """Delete every job in the dead-letter set (asks first on a terminal)."""
     with _client() as c:
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("dlq purge deletes every failed job for good: run it on a terminal to "
+                      "confirm, or pass --yes", EXIT_USAGE)
+            total = c.call("dlq", action="list", limit=1)["total"]
+            if not total:
+                click.echo("the dead-letter set is empty")
+                return
+            if not click.confirm(f"delete all {total} job(s) in the dead-letter set?"):
+                _fail("nothing purged", EXIT_JOB_FAILED)
         done = c.purge_dead_letters()
     click.echo(f"purged {len(done)} job(s)")
 
@@ -424,8 +448,9 @@ def watch(job_id: str | None, as_json: bool) -> None:
                 stamp = _ts(ev.get("t"))
                 if ev["event"] == "state":
                     extra = f" [{ev['kind']}] {ev.get('message', '')}" if ev.get("kind") else ""
-                    click.echo(f"{stamp} {ev['job']} {ev['status']} "
-                               f"(attempt {ev.get('attempt')}){extra}")
+                    attempt = (f" (attempt {ev['attempt']})"
+                               if ev.get("attempt") is not None else "")
+                    click.echo(f"{stamp} {ev['job']} {ev['status']}{attempt}{extra}")
                 elif ev["event"] == "progress":
                     click.echo(f"{stamp} {ev['job']} {ev['progress']:.0f}% {ev['message']}")
                 else:
@@ -480,15 +505,32 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate a config file; print each error with its key path."""
+    """Validate a config file and import what it names; print every error with its key."""
+    from supervisord import imports_check
     from supervisord.pool import host
 
     try:
-        cfg = config_mod.load(path)
-        host.check(cfg).gpus.close()  # limits this box cannot enforce are errors too
+        data = config_mod.read(path)
     except ConfigError as exc:
-        _config_errors(exc)
-    click.echo(f"{path}: ok ({len(cfg.pools)} pool(s), {len(cfg.jobs)} job type(s))")
+        _config_errors(exc)  # not TOML, or no such file: nothing more to look at
+    errors: list[dict] = []
+    try:
+        cfg = config_mod.validate(data)
+        # The defaults too (a config without [jobs] runs the demo types).
+        names = cfg.model_dump(by_alias=True, include={"pools", "jobs"})
+    except ConfigError as exc:
+        cfg, names = None, data
+        errors.extend(exc.errors)
+    if cfg is not None:
+        try:
+            host.check(cfg).gpus.close()  # limits this box cannot enforce are errors too
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    errors.extend(imports_check.check(imports_check.targets(names)))
+    if errors:
+        _config_errors(ConfigError(f"{path}: {len(errors)} error(s)", errors=errors))
+    click.echo(f"{path}: ok ({len(cfg.pools)} pool(s), {len(cfg.jobs)} job type(s); "
+               "every handler, init and schema imports)")
 
 
 if __name__ == "__main__":

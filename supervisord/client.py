@@ -18,10 +18,21 @@ import zmq
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from supervisord import zmtp
-from supervisord.errors import JobFailed, JobsupError, Timeout, Unauthorized, Unavailable, from_wire
+from supervisord.errors import (
+    JobFailed,
+    JobsupError,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    from_wire,
+)
 from supervisord.wire.api import PROTOCOL_VERSION, encode
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:7700"
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024  # the daemon's api.max_message unless it says otherwise
+# A request this small is sent without asking the daemon for its message limit.
+_ASK_LIMIT_ABOVE = 64 * 1024
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -46,6 +57,7 @@ class Job(BaseModel):
     worker: dict | None = None
     progress: float = 0.0
     progress_message: str | None = None
+    progressed: bool = False  # the handler reported progress at least once
     result: Any = None
     error: dict | None = None
     history: list[dict] = []
@@ -89,13 +101,16 @@ class Client:
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  connect_timeout: float = 3.0, events_endpoint: str | None = None,
                  curve_server_key: str | None = None,
-                 curve_client_cert: str | None = None, transport: str = "auto") -> None:
+                 curve_client_cert: str | None = None, transport: str = "auto",
+                 max_message: int | None = None) -> None:
         if transport not in ("auto", "zmq"):
             raise ValueError(f"transport must be 'auto' or 'zmq', not {transport!r}")
         self.endpoint = endpoint or os.environ.get("JOBSUP_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.events_endpoint = events_endpoint
+        # The daemon's api.max_message; asked for (once) before the first large request.
+        self.max_message = max_message
         self._curve = (curve_server_key or os.environ.get("JOBSUP_CURVE_SERVER_KEY"),
                        curve_client_cert or os.environ.get("JOBSUP_CURVE_CLIENT_CERT"))
         self._ctx = zmq.Context()
@@ -158,6 +173,8 @@ class Client:
         """Send one request and return its result, raising the daemon's error."""
         rid = next(self._rids)
         request = encode({"v": PROTOCOL_VERSION, "op": op, "rid": rid, **fields})
+        if len(request) > _ASK_LIMIT_ABOVE:
+            self._check_size(op, len(request))
         try:
             sock = self._socket()
             sock.send(request)
@@ -190,6 +207,23 @@ class Client:
             if reply.get("ok"):
                 return reply.get("result")
             raise from_wire(reply.get("error") or {})
+
+    def _check_size(self, op: str, size: int) -> None:
+        """Refuse a request over the daemon's message limit before sending it.
+
+        The daemon's socket drops a connection that sends more than
+        ``api.max_message`` bytes without a reply, which a client would only see
+        as a reset connection; said here, the error names the limit.
+        """
+        if self.max_message is None:
+            reply = self.call("ping")
+            self.max_message = int(reply.get("max_message") or DEFAULT_MAX_MESSAGE)
+        if size > self.max_message:
+            raise PayloadTooLarge(
+                f"the {op} request is {size:,} bytes, over the daemon's message limit of "
+                f"{self.max_message:,} bytes (api.max_message); nothing was sent. Store "
+                "large data elsewhere and pass a reference (a path or URL) in the payload",
+                size=size, limit=self.max_message)
 
     def _reset(self) -> None:
         if self._sock is not None:
@@ -383,10 +417,12 @@ class Client:
         sub.setsockopt(zmq.SUBSCRIBE, job_id.encode() if job_id else b"")
         sub.connect(endpoint)
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen = _Seen()
         try:
             time.sleep(0.05)  # let the subscription reach the publisher before we look
             if job_id:
                 job = self.get(job_id)
+                seen.snapshot(job)
                 yield {"event": "state", "job": job_id, "status": job.status,
                        "attempt": job.attempt, "progress": job.progress,
                        "message": job.progress_message, "t": time.time(), "current": True}
@@ -400,8 +436,45 @@ class Client:
                     continue
                 _, body = sub.recv_multipart()
                 event = msgpack.unpackb(body, raw=False)
+                if not seen.new(event):
+                    continue
                 yield event
                 if job_id and event.get("event") == "state" and event.get("status") in _TERMINAL:
                     return
         finally:
             sub.close(linger=0)
+
+
+class _Seen:
+    """What a watcher of one job has been shown, so that it is never shown again.
+
+    The subscription starts before the current record is read, and the daemon
+    publishes a transition's event only after Redis has it: so an event can
+    arrive after a snapshot that already holds its transition.  A state event
+    names its transition's history time (``at``); one no newer than the
+    snapshot's last history entry is old news.  An event without it is
+    dropped when it only repeats the state last shown.
+    """
+
+    def __init__(self) -> None:
+        self.known_until = 0.0
+        self.last: dict[str, tuple[Any, Any]] = {}
+
+    def snapshot(self, job: Job) -> None:
+        self.known_until = max((h.get("t") or 0.0 for h in job.history), default=0.0)
+        self.last[job.id] = (job.status, job.attempt)
+
+    def new(self, event: dict) -> bool:
+        if event.get("event") == "progress":
+            return (event.get("t") or 0.0) >= self.known_until
+        if event.get("event") != "state":
+            return True
+        at = event.get("at")
+        if at is not None and at <= self.known_until:
+            return False
+        state = (event.get("status"), event.get("attempt"))
+        job = event.get("job", "")
+        if at is None and self.last.get(job) == state:
+            return False
+        self.last[job] = state
+        return True

@@ -227,6 +227,8 @@ class JobTypeConfig(_Model):
     retry_budget: Annotated[int, Field(ge=0)] | None = None
     max_rate_limited: Annotated[int, Field(ge=0)] = 100
     schema_: ImportPath | None = Field(default=None, alias="schema")
+    max_age: Annotated[float, Field(gt=0)] | None = None
+    cost: Annotated[float, Field(ge=0)] = 0.0
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -334,6 +336,11 @@ def load(path: str | os.PathLike | None) -> Config:
     """Read a TOML config file; ``None`` gives the built-in defaults."""
     if path is None:
         return validate({})
+    return validate(read(path))
+
+
+def read(path: str | os.PathLike) -> dict:
+    """A config file's TOML data, not yet validated."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -347,4 +354,4 @@ def load(path: str | os.PathLike | None) -> Config:
             f"config file {path} is not valid TOML",
             errors=[{"loc": str(path), "msg": str(exc)}],
         ) from None
-    return validate(data)
+    return data

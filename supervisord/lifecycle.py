@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.events import Publisher
-from supervisord.policies import budget, circuit
+from supervisord.policies import budget, circuit, cost, expiry
 from supervisord.policies import fallback as fallback_policy
 from supervisord.policies import retry as outcome
 from supervisord.pool.workers import Running, WorkerHandle, Workers
@@ -50,6 +50,8 @@ class Lifecycle:
         self.due = due  # a job becomes due at this wall-clock time
         self.clock = clock
         self.fallbacks = fallback_policy.Fallbacks(metrics.submitted, events.publish, queued)
+        self.expiries = expiry.Expiries(metrics.failed, events.publish, waiters.finished)
+        self.costs = cost.Costs(metrics.registry)
         self.running: dict[str, Running] = {}
         self.unstarted: list[Running] = []  # runs whose start is not written yet
         self.next_start_write: float | None = None
@@ -66,6 +68,16 @@ class Lifecycle:
         return job.awaited or self.waiters.awaits_alone(job.id)
 
     # -- starting -----------------------------------------------------------------------
+    def expire_if_old(self, job: Reserved) -> bool:
+        """End a job past its type's ``max_age`` instead of starting it; True if it was."""
+        policy, now = self.settings.policy(job.type), self.clock.time()
+        if not expiry.expired(policy, job, now):
+            return False
+        log.info("job %s of %s expired: %s", job.id, job.type, expiry.message(policy, job, now))
+        self.batch.add(expiry.op(policy, job, self.node, now, self.awaited(job)),
+                       self.expiries.hook(job, expiry.message(policy, job, now), now))
+        return True
+
     def start(self, w: WorkerHandle, job: Reserved) -> None:
         """Hand a job to a worker: it starts now if the worker is idle, else right after
         the worker's current job (a pipelined job, for pools of short jobs)."""
@@ -92,13 +104,15 @@ class Lifecycle:
             self.request_cancel(job.id, job.token)
         per_type = self.metrics.of_type(job.type)
         per_type.started.inc()
+        self.costs.started(self.settings.policy(job.type), job)
         per_type.queue_wait.observe(max(0.0, now - max(job.created_at, job.run_at)))
         node = self.node
         hist = history_entry("running", job.attempt, node, "started", pid=w.pid, now=now)
 
         def effect(flag: str) -> None:
             if flag != "0":
-                self.events.state(job.id, "running", attempt=job.attempt, pid=w.pid, node=node)
+                self.events.state(job.id, "running", attempt=job.attempt, pid=w.pid, node=node,
+                                  at=now)
             elif w.job is run:
                 self.request_cancel(job.id, job.token)  # cancelled while on its way
 
@@ -151,7 +165,7 @@ class Lifecycle:
         def effect(flag: str) -> None:
             if flag != "0":
                 per_type.succeeded.inc()
-                self.events.state(job.id, "succeeded", attempt=job.attempt)
+                self.events.state(job.id, "succeeded", attempt=job.attempt, at=now)
                 self.waiters.finished(job.id)
 
         policy = self.settings.policy(job.type)
@@ -193,7 +207,7 @@ class Lifecycle:
             self.metrics.failed.labels(job.type, kind.value).inc()
             fallback = flag if flag not in ("1", "2", "c") else None
             self.events.state(job.id, "failed", attempt=job.attempt, kind=kind.value,
-                              message=message, fallback_job=fallback)
+                              message=message, fallback_job=fallback, at=now)
             self.waiters.finished(job.id)
             if fallback:
                 self.fallbacks.committed(job.id, job.type, policy.fallback, fallback)
@@ -227,7 +241,7 @@ class Lifecycle:
             elif flag == "1":
                 self.metrics.retried.labels(job.type, kind.value).inc()
                 self.events.state(job.id, status, attempt=next_attempt, kind=kind.value,
-                                  message=message, run_at=run_at or None)
+                                  message=message, run_at=run_at or None, at=now)
 
         self.batch.add(Op("retry", job.id, job.token, scripts.Retry(
             error, hist, run_at, flags, d.timeout or "", update, budget.limit(policy),
@@ -236,14 +250,16 @@ class Lifecycle:
 
     def settle_cancelled(self, run: Running, reason: str) -> None:
         self.record_start(run)
-        job = run.job
+        job, now = run.job, self.clock.time()
         error = pack({"kind": "cancelled", "message": reason, "traceback": None,
                       "attempt": job.attempt})
         hist = history_entry("cancelled", job.attempt, self.node, reason, pid=run.worker.pid,
-                             kind="cancelled")
+                             kind="cancelled", now=now)
 
         def effect(flag: str) -> None:
-            self.events.state(job.id, "cancelled", attempt=job.attempt)
+            if flag == "0":
+                return  # a stale attempt (already settled): announcing it again would repeat
+            self.events.state(job.id, "cancelled", attempt=job.attempt, at=now)
             self.waiters.finished(job.id)
 
         self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
@@ -254,11 +270,13 @@ class Lifecycle:
         """A job this node holds but never started was cancelled: end it, fenced."""
         error = pack({"kind": "cancelled", "message": reason, "traceback": None,
                       "attempt": job.attempt})
-        hist = history_entry("cancelled", job.attempt, self.node, reason, kind="cancelled")
+        now = self.clock.time()
+        hist = history_entry("cancelled", job.attempt, self.node, reason, kind="cancelled",
+                             now=now)
 
         def effect(flag: str) -> None:
             if flag != "0":
-                self.events.state(job.id, "cancelled", attempt=job.attempt)
+                self.events.state(job.id, "cancelled", attempt=job.attempt, at=now)
                 self.waiters.finished(job.id)
 
         self.batch.add(Op("finish", job.id, job.token, scripts.Finish(
@@ -273,14 +291,15 @@ class Lifecycle:
             self.running.pop(job.id, None)
             if run.worker.job is run:
                 run.worker.job = None
-        hist = history_entry("queued", job.attempt, self.node, reason) if reason else b""
+        now = self.clock.time()
+        hist = history_entry("queued", job.attempt, self.node, reason, now=now) if reason else b""
 
         def effect(flag: str) -> None:
             if flag == "c":  # a cancel was waiting for it: it ended cancelled
                 self.events.state(job.id, "cancelled", attempt=job.attempt)
                 self.waiters.finished(job.id)
-            elif flag != "0":
-                self.events.state(job.id, "queued", attempt=job.attempt, message=reason)
+            elif flag != "0" and reason:  # a job given back unstarted changes nothing seen
+                self.events.state(job.id, "queued", attempt=job.attempt, message=reason, at=now)
 
         ttl = self.settings.policy(job.type).failure_ttl
         self.batch.add(Op("requeue", job.id, job.token, scripts.Requeue(hist, ttl)), effect)

@@ -41,6 +41,7 @@ from supervisord.notify import (
 )
 from supervisord.output import Output
 from supervisord.phase import PhaseMachine
+from supervisord.policies import expiry
 from supervisord.policies.circuit import GAUGE, Circuits
 from supervisord.poller import EVENTS, POLLIN, POLLOUT, RCVMORE, Poller
 from supervisord.pool import host, orphans, process
@@ -212,6 +213,7 @@ class Master:
         if recovered:
             log.warning("requeued %d job(s) this node held when it last stopped", recovered)
         self.build(settings)
+        self.expire_queued()
         self.writer.ok()
         self.metrics.redis_up.set(1)
         self.metrics.serve(cfg.metrics.listen)
@@ -221,6 +223,13 @@ class Master:
         gc.freeze()
         log.info("jobsup node %s pid %d: api %s, events %s, %d pool(s)", settings.node,
                  os.getpid(), cfg.api.endpoint, cfg.api.events, len(self.workers.pools))
+
+    def expire_queued(self) -> None:
+        """Queued jobs past their type's max_age end without waiting for a worker."""
+        expired = self.store.expire_queued(expiry.sweep(self.settings.cfg))
+        if expired:
+            log.info("%d queued job(s) expired (max_age)", len(expired))
+            self.jobs.expiries.swept(expired)
 
     def build(self, settings: Settings) -> None:
         """Wire the parts: each gets what it needs, once."""
@@ -594,7 +603,8 @@ class Master:
             for job, (job_id, new) in zip(pending.jobs, rows, strict=True):
                 if new:
                     self.metrics.submitted.labels(job.type).inc()
-                    self.events.state(job_id, job.status, attempt=1, type=job.type)
+                    self.events.state(job_id, job.status, attempt=1, type=job.type,
+                                      at=job.created_at)
                     if job.status == "scheduled":
                         self.scheduler.due(job.run_at)
             ids = [job_id for job_id, _ in rows]
@@ -674,27 +684,34 @@ class Master:
         lost = self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2)
         nodes, store = self.nodes, self.store
         reassert, self._reassert = self._reassert, False
+        sweep = expiry.sweep(self.settings.cfg) if janitor else []
 
-        def read() -> list[str]:
+        def read() -> tuple[list[str], list[tuple[str, str, str]]]:
             nodes.beat()
             if reassert:  # Redis was away: it may have lost the node id (ephemeral)
                 nodes.reassert()
             cancels = store.cancel_requested(held) if held else []
+            expired = []
             if janitor:
                 store.expire()
+                expired = store.expire_queued(sweep)  # queued jobs past max_age
             if lost:
                 nodes.recover_lost()
-            return cancels
+            return cancels, expired
 
-        def done(cancels: list[str] | Exception) -> None:
+        def done(found: tuple[list[str], list[tuple[str, str, str]]] | Exception) -> None:
             self._slow_out = False
-            if isinstance(cancels, redis.RedisError):
-                self.redis_failed(cancels)
+            if isinstance(found, redis.RedisError):
+                self.redis_failed(found)
                 return
-            if isinstance(cancels, Exception):
-                raise cancels
+            if isinstance(found, Exception):
+                raise found
+            cancels, expired = found
             for job_id in cancels:
                 self.scheduler.cancel(job_id)
+            if expired:
+                log.info("%d queued job(s) expired (max_age)", len(expired))
+                self.jobs.expiries.swept(expired)
             self.writer.ok()
 
         self._slow_out = True

@@ -238,6 +238,14 @@ class Scheduler:
                 yield job.id
 
     # -- dispatch -----------------------------------------------------------------------
+    def _next(self, q: Queue) -> Reserved | None:
+        """The next buffered job to start; those past their ``max_age`` end on the way."""
+        while q.buffer:
+            job = q.buffer.popleft()
+            if not self.jobs.expire_if_old(job):
+                return job
+        return None
+
     def dispatch(self) -> None:
         """Hand buffered jobs to idle workers, then pipeline to busy ones if short."""
         for name, pool in self.workers.pools.items():
@@ -245,16 +253,18 @@ class Scheduler:
             if q is None or not q.buffer:
                 continue
             for w in pool.idle():
-                if not q.buffer:
+                job = self._next(q)
+                if job is None:
                     break
-                self.jobs.start(w, q.buffer.popleft())
+                self.jobs.start(w, job)
             depth = self.pipeline_depth(pool)
             if q.buffer and depth:
                 busy = [w for w in pool.busy() if self._can_take_more(pool, w, depth)]
                 while q.buffer and busy:  # one each in turn, so that workers share evenly
                     for w in list(busy):
-                        if not q.buffer:
+                        job = self._next(q)
+                        if job is None:
                             break
-                        self.jobs.start(w, q.buffer.popleft())
+                        self.jobs.start(w, job)
                         if not self._can_take_more(pool, w, depth):
                             busy.remove(w)

@@ -36,6 +36,7 @@ class FailureKind(StrEnum):
     CRASH = "crash"
     LOST = "lost"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class WorkerState(StrEnum):

@@ -150,3 +150,23 @@ def tally(payload: dict, ctx: JobContext) -> int:
     finally:
         os.close(fd)
     return int(payload.get("n", 0))
+
+
+def record_run(payload: dict, ctx: JobContext) -> dict:
+    """Appends this job's id to ``payload["file"]`` (so a test sees every run), then
+    sleeps ``payload["sleep"]`` seconds."""
+    import time
+
+    with open(payload["file"], "a") as fh:
+        fh.write(f"{ctx.job_id}\n")
+    time.sleep(float(payload.get("sleep", 0)))
+    return {"ran": ctx.job_id}
+
+
+def whoami(payload: dict | None, ctx: JobContext) -> int:
+    """Returns the worker's pid after sleeping ``payload["sleep"]`` seconds (so that
+    jobs submitted together land on different workers)."""
+    import time
+
+    time.sleep(float((payload or {}).get("sleep", 0)))
+    return os.getpid()

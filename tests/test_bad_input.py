@@ -199,6 +199,62 @@ def test_malformed_frames(daemon, unchanged, frame, words):
     unchanged()
 
 
+def _deep(levels: int) -> bytes:
+    """A msgpack value nested ``levels`` arrays deep (msgpack's own encoder stops at 512)."""
+    return b"\x91" * levels + b"\xc0"
+
+
+def _map(**fields: bytes) -> bytes:
+    """A msgpack map of already-encoded values."""
+    return bytes([0x80 | len(fields)]) + b"".join(_frame(k) + v for k, v in fields.items())
+
+
+def test_deeply_nested_payload_is_invalid_and_reads_keep_working(env):
+    daemon, server = env
+    r = server.client()
+    stored = r.zcard("jobsup:idx:all")
+    with daemon.client() as c:
+        deep: list = []
+        for _ in range(100):
+            deep = [deep]
+        with pytest.raises(errors.ValidationError) as info:
+            c.submit("echo", {"x": deep})
+        assert "64 levels" in info.value.message and "flatten" in info.value.message
+        with pytest.raises(errors.ValidationError) as info:
+            c.submit_many("echo", [{"ok": 1}, deep])
+        assert "payloads[1]" in info.value.message
+        assert r.zcard("jobsup:idx:all") == stored  # nothing was queued
+        # The limit itself is allowed: 64 levels, counting the outer map.
+        ok: Any = 1
+        for _ in range(63):
+            ok = [ok]
+        allowed = c.submit("echo", {"x": ok})
+        assert c.wait(allowed, timeout=20).status == "succeeded"
+    # 1,023 levels, beyond what the client library can encode, on a bare socket.
+    reply = raw(daemon.endpoint, _map(v=_frame(1), op=_frame("submit"), rid=_frame(5),
+                                      type=_frame("echo"), payload=_deep(1023)))
+    assert_error(reply, "validation", "64 levels")
+    assert reply["rid"] == 5
+    assert r.zcard("jobsup:idx:all") == stored + 1  # only the allowed job
+    with daemon.client() as c:
+        assert c.get(allowed).status == "succeeded"
+        assert allowed in [j.id for j in c.jobs(limit=200)]
+        assert c.wait(allowed, timeout=5).result == {"x": ok}
+    r.close()
+
+
+@pytest.mark.parametrize("field", ["op", "rid"])
+def test_deeply_nested_op_or_rid_is_a_bad_request(daemon, unchanged, field):
+    fields = {"v": _frame(1), "op": _frame("ping"), "rid": _frame(9)}
+    fields[field] = _deep(1000)
+    reply = raw(daemon.endpoint, _map(**fields))
+    message = assert_error(reply, "bad_request", field)
+    assert "internal" not in message
+    with daemon.client() as c:
+        assert c.ping()["node"]
+    unchanged()
+
+
 def test_multi_frame_message(daemon, unchanged):
     ping = _frame({"v": 1, "op": "ping", "rid": 1})
     reply = raw(daemon.endpoint, ping, ping)
@@ -346,3 +402,55 @@ def test_config_check_bad_reference_names_its_key(tmp_path):
     assert res.returncode == 2, res
     assert "  jobs.x.pool: " in res.stderr
     assert "'gpu'" in res.stderr
+
+
+def test_config_check_imports_every_handler_init_and_schema_in_a_child(tmp_path):
+    marker = tmp_path / "imported.txt"
+    path = _write(tmp_path, "typos.toml", """
+[[pools]]
+name = "cpu"
+workers = 1
+init = "tests.handlers:no_such_init"
+
+[jobs.ok]
+handler = "tests.import_marker:handler"
+
+[jobs.typo]
+handler = "examples.demo:echoo"
+
+[jobs.badschema]
+handler = "examples.demo:echo"
+schema = "examples.demo:echo"
+
+[jobs.nomodule]
+handler = "examples.nosuchmodule:run"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisord", "config", "check", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                     JOBSUP_TEST_IMPORT_MARKER=str(marker)))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert "4 error(s)" in err
+    assert "pools[0].init: module 'tests.handlers' has no 'no_such_init'" in err
+    assert "jobs.typo.handler: module 'examples.demo' has no 'echoo' (did you mean echo" in err
+    assert "jobs.badschema.schema: examples.demo:echo is a function, not a pydantic model" in err
+    assert "jobs.nomodule.handler: cannot import module 'examples.nosuchmodule'" in err
+    # The handlers were imported, but by another process than the CLI.
+    importers = marker.read_text().split()
+    assert len(importers) == 1 and int(importers[0]) != proc.pid
+
+
+def test_config_check_reports_key_errors_and_import_errors_together(tmp_path):
+    path = _write(tmp_path, "both.toml", """
+[[pools]]
+name = "cpu"
+workers = -1
+
+[jobs.typo]
+handler = "examples.demo:echoo"
+""")
+    res = jobsup("config", "check", str(path))
+    assert res.returncode == 2, res
+    assert "pools[0].workers" in res.stderr
+    assert "jobs.typo.handler: module 'examples.demo' has no 'echoo'" in res.stderr

@@ -303,3 +303,112 @@ def test_config_file_finds_endpoint(shared):
     assert st["node"] == "test-node"
     st = json.loads(ok(jobsup("status", "-c", str(shared.config), "--json")))
     assert st["node"] == "test-node"
+
+
+# -- mends: progress, dlq purge, Redis down, oversized requests ---------------------------
+
+
+def test_job_shows_progress_only_when_the_handler_reported_it(shared):
+    quiet = one_id(shared.cli("submit", "add", '{"a": 1, "b": 1}'))
+    chatty = one_id(shared.cli("submit", "sleep", '{"seconds": 0.6}'))  # reports progress
+    with shared.client() as c:
+        c.wait_many([quiet, chatty], timeout=20)
+        assert c.get(quiet).progressed is False and c.get(chatty).progressed is True
+    assert "progress" not in ok(shared.cli("job", quiet))
+    assert re.search(r"^progress\s+100%\s+step ", ok(shared.cli("job", chatty)), re.M)
+
+
+def _dead_letters(d, n: int) -> list[str]:
+    with d.client() as c:
+        jobs = c.wait_many(c.submit_many("fail", [{"how": "permanent"}] * n), timeout=20)
+    assert {j.status for j in jobs} == {"failed"}
+    return [j.id for j in jobs]
+
+
+def _on_terminal(d, args: list[str], answer: str) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin and stdout, typing ``answer``."""
+    import pty
+
+    main, tty = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "supervisord", "-c", str(d.config), *args],
+                            stdin=tty, stdout=tty, stderr=tty, cwd=ROOT, close_fds=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(tty)
+    out = b""
+    try:
+        while b"[y/N]" not in out:
+            chunk = os.read(main, 4096)
+            assert chunk, out
+            out += chunk
+        os.write(main, answer.encode() + b"\n")
+        code = proc.wait(30)
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(main)
+    return code, out.decode(errors="replace")
+
+
+def test_dlq_purge_asks_on_a_terminal_and_refuses_without_one(daemon):
+    ids = _dead_letters(daemon, 3)
+    # Not a terminal and no --yes: refused, nothing deleted.
+    res = daemon.cli("dlq", "purge", input="y\n")
+    assert res.returncode == 2, res
+    assert "--yes" in res.stderr and "terminal" in res.stderr
+    with daemon.client() as c:
+        assert {j.id for j in c.dead_letters()} >= set(ids)
+    code, out = _on_terminal(daemon, ["dlq", "purge"], "n")
+    assert code == 1 and "delete all 3 job(s)" in out and "nothing purged" in out, out
+    with daemon.client() as c:
+        assert len(c.dead_letters()) == 3
+    code, out = _on_terminal(daemon, ["dlq", "purge"], "y")
+    assert code == 0 and "purged 3 job(s)" in out, out
+    _dead_letters(daemon, 2)
+    assert "purged 2 job(s)" in ok(daemon.cli("dlq", "purge", "--yes"))
+    with daemon.client() as c:
+        assert c.dead_letters() == []
+
+
+@pytest.mark.timeout(90)
+def test_status_with_redis_down_says_so_and_exits_3(daemon, redis_server):
+    assert "dead letters 0" in ok(daemon.cli("status"))
+    redis_server.stop()
+
+    def down() -> bool:
+        with daemon.client() as c:
+            return not c.status()["redis"]["up"]
+    wait_for(down, 30, 0.2, "the daemon to see Redis down")
+    res = daemon.cli("status")
+    assert res.returncode == 3, res
+    assert "redis DOWN" in res.stdout and "None" not in res.stdout
+    assert "Redis is down" in res.stderr
+    assert "default" in res.stdout  # the pools are still shown
+    res = daemon.cli("status", "--json")
+    assert res.returncode == 3, res
+    assert json.loads(res.stdout)["redis"]["up"] is False
+
+
+def test_submit_over_the_message_limit_is_refused_before_sending(daemon_factory):
+    d = daemon_factory(api={"max_message": "1MiB"},
+                       jobs={"big": {"handler": "examples.demo:noop", "max_payload": "4MiB"}})
+    huge = json.dumps({"blob": "x" * (2 * 1024 * 1024)})
+    for how in (["-c", str(d.config)], ["--endpoint", d.endpoint]):  # limit known, or asked
+        res = subprocess.run([sys.executable, "-m", "supervisord", *how, "submit", "big", "-"],
+                             input=huge, capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert res.returncode == 2, res
+        assert "Traceback" not in res.stderr
+        assert "1,048,576 bytes (api.max_message)" in res.stderr and "nothing was sent" in \
+            res.stderr, res.stderr
+    with d.client() as c:
+        assert c.jobs(type="big") == []
+        assert c.wait(c.submit("big", {"blob": "x" * 1000}), timeout=20).status == "succeeded"

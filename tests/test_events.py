@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,3 +82,48 @@ def test_watch_all_streams_state_changes(daemon, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+_ORDER = {"scheduled": 0, "queued": 0, "running": 1, "succeeded": 2, "failed": 2,
+          "cancelled": 2}
+
+
+@pytest.mark.timeout(90)
+def test_events_after_the_snapshot_never_repeat_or_go_back(daemon):
+    """Watching a job from its submit on: each state event moves it forwards."""
+    with daemon.client() as c:
+        for _ in range(25):
+            jid = c.submit("sleep", {"seconds": 0.05})
+            states = [(e["status"], e.get("attempt")) for e in c.events(jid, timeout=20)
+                      if e["event"] == "state"]
+            ranks = [_ORDER[s] for s, _ in states]
+            assert ranks == sorted(set(ranks)), states  # strictly forwards, no repeats
+            assert states[-1] == ("succeeded", 1), states
+            assert all(a == 1 for _, a in states), states
+
+
+@pytest.mark.timeout(60)
+def test_watch_prints_one_cancelled_line_with_its_attempt(daemon_factory):
+    d = daemon_factory(jobs={"stubborn": {"handler": "tests.handlers:stubborn", "timeout": 30,
+                                          "cancel_grace": 0.5}})
+    with d.client() as c:
+        for job_type in ("sleep", "stubborn"):
+            jid = c.submit(job_type, {"seconds": 30})
+            wait_for(lambda jid=jid: c.get(jid).status == "running", 10, what="the job to run")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisord", "-c", str(d.config), "watch", jid],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                first = proc.stdout.readline()  # the current state: it is subscribed
+                assert "running" in first, first
+                c.cancel(jid)
+                out, _ = proc.communicate(timeout=20)
+            finally:
+                proc.kill()
+                proc.wait(5)
+            lines = [first, *out.splitlines()]
+            cancelled = [line for line in lines if " cancelled" in line]
+            assert len(cancelled) == 1, lines
+            assert "(attempt 1)" in cancelled[0] and "None" not in "".join(lines), lines
+            assert c.get(jid).status == "cancelled"

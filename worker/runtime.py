@@ -51,6 +51,7 @@ class Runtime:
         self.send_lock = threading.Lock()
         self.handlers: dict[str, Any] = {}
         self.schemas: dict[str, Any] = {}
+        self.later: dict[str, tuple[str, str | None]] = {}  # type -> paths, not yet imported
         self.state: Any = None
         self.current: JobContext | None = None
         self.capture: Capture | None = None
@@ -100,6 +101,32 @@ class Runtime:
                         and current.token == msg.token):
                     current._cancel.set()
 
+    # -- job types added by a reload -----------------------------------------
+    def add_types(self, msg: msgs.Handlers) -> None:
+        for job_type, path in msg.handlers.items():
+            if job_type not in self.handlers:
+                self.later[job_type] = (path, msg.schemas.get(job_type))
+
+    def _import_later(self, job_type: str) -> None:
+        """Import a type added by a reload, at its first job here.  A path that does not
+        import fails that job (permanent: retrying cannot help) and keeps the worker,
+        whose other types still run."""
+        path, schema = self.later[job_type]
+        from worker.errors import Permanent
+
+        try:
+            handler = resolve(path)
+            model = resolve(schema) if schema else None
+        except Exception as exc:
+            raise Permanent(f"cannot import handler {path}"
+                            f"{f' or schema {schema}' if schema else ''}: "
+                            f"{type(exc).__name__}: {exc}") from None
+        del self.later[job_type]
+        self.handlers[job_type] = handler
+        if model is not None:
+            self.schemas[job_type] = model
+        log.info("imported %s for job type %s (added by a reload)", path, job_type)
+
     # -- jobs -------------------------------------------------------------
     def run_job(self, msg: msgs.Run) -> bool:
         """Run one job; returns False when this worker should exit afterwards."""
@@ -113,6 +140,8 @@ class Runtime:
             self.capture.begin(token)
         keep = True
         try:
+            if job_type in self.later:
+                self._import_later(job_type)
             value = msgpack.unpackb(payload, raw=False) if payload else None
             schema = self.schemas.get(job_type)
             if schema is not None:
@@ -166,6 +195,8 @@ class Runtime:
                 if isinstance(msg, msgs.Run):
                     if not self.run_job(msg):
                         return 0
+                elif isinstance(msg, msgs.Handlers):
+                    self.add_types(msg)
                 elif isinstance(msg, msgs.Stop):
                     return 0
 

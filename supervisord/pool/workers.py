@@ -330,17 +330,43 @@ class Workers:
                     self.stop(w, KillReason.RECYCLE)
 
     def configure(self, settings: Settings) -> None:
-        """A reload: new pools appear, changed ones recycle, removed ones shrink to 0."""
+        """A reload: new pools appear, removed ones shrink to 0, and a pool's workers
+        are recycled only if what they were started with changed.
+
+        Growing or shrinking a pool, or a watchdog limit the master applies
+        (``max_rss``, ``max_jobs_per_worker``), keeps them; so does a new job type:
+        its handler's path is sent to the running workers, which import it when its
+        first job arrives.  A changed memory limit, env, user, gpus, ``init``, or a
+        changed handler or schema of a type they already run, replaces them (after
+        their current job), since a running process cannot take that on.
+        """
+        old = self.settings
         self.settings = settings
         for pcfg in settings.cfg.pools:
             pool = self.pools.get(pcfg.name)
             if pool is None:
                 self.pools[pcfg.name] = Pool(cfg=pcfg, target=pcfg.workers)
                 continue
-            before = self.spec(pool, 0, None)
+            was_cfg = pool.cfg
             pool.cfg, pool.target = pcfg, pcfg.workers
-            if self.spec(pool, 0, None) != before:
+            before, after = _types(old, pool.name), _types(settings, pool.name)
+            kept = {t: p for t, p in after.items() if t in before}
+            if (_started_with(was_cfg) != _started_with(pcfg)
+                    or old.cfg.daemon.heartbeat_interval != settings.cfg.daemon.heartbeat_interval
+                    or any(before[t] != p for t, p in kept.items())):
                 pool.generation += 1
+                log.info("pool %s: its workers' settings changed; they are replaced as they "
+                         "finish their jobs", pool.name)
+                continue
+            added = {t: p for t, p in after.items() if t not in before}
+            if added:
+                msg = msgs.Handlers({t: h for t, (h, _) in added.items()},
+                                    {t: sch for t, (_, sch) in added.items() if sch})
+                for w in pool.workers.values():
+                    if w.state is not WorkerState.STOPPING:
+                        self.send(w, msg)
+                log.info("pool %s: new job type(s) %s, imported by the running workers at "
+                         "their first job", pool.name, ", ".join(sorted(added)))
         for name, pool in self.pools.items():
             if name not in settings.pools:
                 pool.target = 0
@@ -406,3 +432,19 @@ class Workers:
             w.kill_why = (f"ran out of memory in its cgroup, where the kernel's OOM killer "
                           f"ended it (memory.max {limit} bytes, the pool's memory_limit)")
             log.error("worker %d pid %d of pool %s: %s", w.wid, w.pid, w.pool, w.kill_why)
+
+
+# Pool keys a running worker does not depend on: the master applies them itself.
+_MASTER_SIDE = {"workers", "prefetch", "max_restarts", "restart_window", "max_rss",
+                "max_gpu_memory", "max_jobs_per_worker"}
+
+
+def _started_with(cfg: PoolConfig) -> dict:
+    """What of a pool's config its workers were started with."""
+    return cfg.model_dump(exclude=_MASTER_SIDE)
+
+
+def _types(settings: Settings, pool: str) -> dict[str, tuple[str, str | None]]:
+    """The job types a pool runs: handler and schema paths of each."""
+    jobs = settings.cfg.jobs
+    return {t: (jobs[t].handler, jobs[t].schema_) for t in settings.types_of.get(pool, ())}

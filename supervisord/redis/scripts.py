@@ -84,4 +84,5 @@ OpArgs = Start | Ran | Finish | Retry | Fallback | Requeue | Progress | Output
 
 # The fields of one reserved job in the apply script's reply, in order.
 RESERVED_FIELDS = ("pool", "id", "token", "type", "payload", "attempt", "max_attempts",
-                   "timeout", "crashes", "priority", "created_at", "run_at", "rate_limited")
+                   "timeout", "crashes", "priority", "created_at", "run_at", "rate_limited",
+                   "started_at")

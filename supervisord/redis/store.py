@@ -109,6 +109,7 @@ class Reserved:
     run_at: float
     rate_limited: int
     awaited: bool = False  # its submitter waits for the result in the same request
+    started_at: float = 0.0  # when an earlier attempt started; 0 if it never has
 
     @classmethod
     def from_row(cls, row: list[bytes]) -> Reserved:
@@ -119,7 +120,7 @@ class Reserved:
             type=row[3].decode(), payload=row[4], attempt=num(row[5], int, 1),
             max_attempts=num(row[6], int, 1), timeout=num(row[7]), crashes=num(row[8], int),
             priority=num(row[9], int), created_at=num(row[10]), run_at=num(row[11]),
-            rate_limited=num(row[12], int),
+            rate_limited=num(row[12], int), started_at=num(row[13]),
         )
 
 
@@ -173,7 +174,7 @@ class Store:
         self.prefix = prefix
         self.node = node
         self.sources = {name: _script(name) for name in (
-            "submit", "apply", "recover", "cancel", "janitor", "dlq")}
+            "submit", "apply", "recover", "cancel", "janitor", "dlq", "expire")}
         self.sha: dict[str, str] = {}
         self._writes: RedisPipe | None = None  # for ``write`` outside the loop
         self.load_scripts()
@@ -310,6 +311,20 @@ class Store:
     def recover(self, node: str, reason: str, keep: tuple[str, ...] = ()) -> int:
         """Requeue every job ``node`` holds but ``keep``, without burning attempts."""
         return int(self.call("recover", [self.prefix, node, time.time(), reason, self.node, *keep]))
+
+    def expire_queued(self, types: list[tuple[str, float, str, float]], limit: int = 1000
+                      ) -> list[tuple[str, str, str]]:
+        """End queued jobs past their type's max_age: (type, max_age, its label, ttl) each.
+
+        Returns (id, type, message) of each job that expired.
+        """
+        if not types:
+            return []
+        argv: list = [self.prefix, time.time(), self.node, limit, len(types)]
+        for t in types:
+            argv.extend(t)
+        flat = [b.decode() for b in self.call("expire", argv)]
+        return [(flat[j], flat[j + 1], flat[j + 2]) for j in range(0, len(flat), 3)]
 
     def job_type(self, job_id: str) -> str | None:
         raw = self.r.hget(self.keys.job(job_id), "type")
@@ -522,6 +537,7 @@ def decode_record(fields: dict[bytes, bytes], history: list[bytes]) -> dict | No
         rec["worker"] = None
     rec["key"] = rec.get("key") or None
     rec["cancel_requested"] = rec.get("cancel_requested") == "1"
+    rec["progressed"] = rec.get("progressed") == "1"  # the handler reported progress
     rec["progress_message"] = rec.get("progress_message") or None
     rec["history"] = [unpack(entry) for entry in history]
     for name in ("started_at", "finished_at", "result", "error"):

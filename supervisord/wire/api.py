@@ -17,6 +17,10 @@ from supervisord.errors import BadRequest, JobsupError, ValidationError
 from supervisord.states import JobStatus
 
 PROTOCOL_VERSION = 1
+# How deep a payload may nest (a list or map inside another counts one level).  A
+# record holding it is read back and sent in replies, whose encoder stops at 512
+# levels; 64 leaves room for the reply around it and is deeper than any real input.
+MAX_PAYLOAD_DEPTH = 64
 
 JobId = Annotated[str, Field(pattern=r"^[0-9a-z]{1,64}$")]
 TagMap = dict[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^=\n]+$")],
@@ -166,6 +170,7 @@ class PingReply(TypedDict):
     pid: int
     version: int
     events: str
+    max_message: int  # api.max_message: clients refuse larger requests before sending
 
 
 class ShutdownReply(TypedDict):
@@ -182,6 +187,32 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def nesting_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists or maps more than ``limit`` levels deep.
+
+    Walked with a stack of its own, not by recursion, so that no input can make
+    the check itself fail.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list | tuple))
+    return False
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or (isinstance(value, int | str) and not isinstance(value, bool))
+
+
 def decode_request(frame: bytes, max_size: int) -> tuple[Any, Any]:
     """Parse one request frame; returns (rid, model) or raises a JobsupError."""
     if len(frame) > max_size:
@@ -194,12 +225,20 @@ def decode_request(frame: bytes, max_size: int) -> tuple[Any, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request must be a msgpack map with an 'op' field")
     rid = data.get("rid")
+    if not _scalar(rid) or (isinstance(rid, str) and len(rid) > 200):
+        # Echoed in the reply, so it must be something a reply can carry.
+        raise BadRequest("rid must be an integer, a string of at most 200 characters or nil, "
+                         f"not a {type(rid).__name__}")
     if data.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
         raise BadRequest(f"protocol version {data.get('v')!r} is not supported; "
                          f"this daemon speaks v{PROTOCOL_VERSION}", rid=rid)
     op = data.get("op")
+    if not isinstance(op, str):
+        raise BadRequest(f"op must be a string naming the operation, not a {type(op).__name__};"
+                         f" known: {', '.join(OPERATIONS)}", rid=rid)
     if op not in OPERATIONS:
-        raise BadRequest(f"unknown operation {op!r}; known: {', '.join(OPERATIONS)}", rid=rid)
+        raise BadRequest(f"unknown operation {op[:100]!r}; known: {', '.join(OPERATIONS)}",
+                         rid=rid)
     try:
         return rid, _REQUEST.validate_python(data)
     except pydantic.ValidationError as exc:

@@ -82,6 +82,14 @@ class Run(_Msg, tag="run"):
     soft_timeout: float | None = None  # seconds: SoftTimeout is raised in the handler
 
 
+class Handlers(_Msg, tag="handlers"):
+    """A reload added job types to the worker's pool: where their handlers (and
+    schemas) are, imported by the worker when the first job of each arrives."""
+
+    handlers: dict[str, str]
+    schemas: dict[str, str]
+
+
 class Stop(_Msg, tag="stop"):
     pass
 
@@ -91,7 +99,7 @@ class Cancel(_Msg, tag="cancel"):
 
 
 FromWorker = Ready | InitFailed | Done | Error | Progress | Emit | Output | Log
-ToWorker = Run | Stop | Cancel
+ToWorker = Run | Handlers | Stop | Cancel
 DecodeError = msgspec.MsgspecError
 
 _encoder = msgspec.msgpack.Encoder()

@@ -9,7 +9,7 @@
 --          'c' a requeue that ended the job cancelled (a cancel waited for it),
 --          or the new job's id (a fallback)
 --   Each op's arguments are a typed record in supervisord/redis/scripts.py.
---   reserved: 13 fields per job handed to this node (see store.Reserved)
+--   reserved: 14 fields per job handed to this node (see store.Reserved)
 --   circuit_changes: 'type=state' for every circuit that changed state
 local node = ARGV[2]
 local now = tonumber(ARGV[3])
@@ -83,7 +83,7 @@ for _ = 1, nops do
       flag = '0'
     else
       redis.call('HSET', k_job(id), 'status', 'running', 'started_at', a[3], 'worker', a[1],
-        'progress', 0, 'progress_message', '')
+        'progress', 0, 'progress_message', '', 'progressed', '')
       index_status(id, cur[2], 'running', cur[3])
       push_history(id, a[2])
     end
@@ -191,7 +191,9 @@ for _ = 1, nops do
     redis.call('HSET', k_job(id), 'output_run', token, 'output_at', a[3])
   elseif cur and kind == 'progress' then
     if cur[2] == 'running' then
-      redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2])
+      -- 'progressed' tells a handler that reported progress from one that never did
+      -- (whose record still reads 100 once it succeeds)
+      redis.call('HSET', k_job(id), 'progress', a[1], 'progress_message', a[2], 'progressed', 1)
     else
       flag = '0'
     end
@@ -280,7 +282,8 @@ local reserved = {}
 local function hand_over(pool, jtype, id)
   redis.call('ZREM', k_queue(jtype), id)
   local f = redis.call('HMGET', k_job(id), 'type', 'payload', 'attempt', 'max_attempts',
-    'timeout', 'crashes', 'priority', 'created_at', 'run_at', 'rate_limited', 'status')
+    'timeout', 'crashes', 'priority', 'created_at', 'run_at', 'rate_limited', 'status',
+    'started_at')
   if f[11] ~= 'queued' then return false end
   local token = node .. '|' .. redis.call('INCR', P .. ':leases')
   redis.call('HSET', k_job(id), 'lease', token)
@@ -289,6 +292,7 @@ local function hand_over(pool, jtype, id)
   reserved[#reserved + 1] = id
   reserved[#reserved + 1] = token
   for x = 1, 10 do reserved[#reserved + 1] = f[x] or '' end
+  reserved[#reserved + 1] = f[12] or ''
   return true
 end
 
