@@ -37,7 +37,7 @@ def test_list_retry_purge(daemon, redis_server):
         out = daemon.cli("dlq", "retry", ok)
         assert out.returncode == 2 and ok in out.stderr
 
-        out = daemon.cli("dlq", "purge")
+        out = daemon.cli("dlq", "purge", "--yes")
         assert out.returncode == 0, out.stderr
         assert "purged 3" in out.stdout
         assert c.dead_letters() == []
