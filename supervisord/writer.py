@@ -107,6 +107,7 @@ class Writer:
         self._seen = False
         self._fd: int | None = None
         self._saturated = False
+        self._coalesced = -1  # the batch's length when it was last coalesced
         self._retried = 0  # transitions in the last write sent while Redis was away
         self._eager_until = 0.0  # monotonic: retry fast until then (a restarted Redis)
 
@@ -159,7 +160,9 @@ class Writer:
         bound = self.settings.cfg.redis.outage_buffer
         if len(self.batch.ops) < bound:
             return False
-        self._coalesce()
+        if len(self.batch.ops) != self._coalesced:  # only when something was added
+            self._coalesce()
+            self._coalesced = len(self.batch.ops)
         full = len(self.batch.ops) >= bound
         if full and not self._saturated:
             log.error("the outage buffer holds %d transitions (redis.outage_buffer %d): "
