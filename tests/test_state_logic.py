@@ -249,6 +249,32 @@ def test_waiters_expire_on_the_given_clock():
     assert failed[0][:2] == (b"c1", 1) and len(waiters) == 0 and waiters.by_job == {}
 
 
+class _Pending:
+    """The reader's interface, recording what the waiters hand it (no Redis here)."""
+
+    def __init__(self) -> None:
+        self.reads: list = []
+
+    def submit(self, read, done) -> None:
+        self.reads.append((read, done))
+
+
+def test_a_job_that_finished_while_its_status_was_read_is_not_waited_for():
+    """A wait's statuses are read off the loop; the job may finish meanwhile, and then
+    the status read says running though its waiters' wake-up has passed."""
+    reads = _Pending()
+    waiters = Waiters(store=None, reads=reads, reply=lambda *a: None, fail=lambda *a: None)
+    since = waiters.mark()  # the status read goes out
+    waiters.finished("j1")  # the job's end commits before the read is back
+    waiters.wait(b"c1", 1, ["j1"], ["running"], "records", None, since)
+    assert len(waiters) == 0 and len(reads.reads) == 1  # answered: its record is read
+    # A job that finished before the read went out reads as final; one that has not
+    # finished is waited for.
+    since = waiters.mark()
+    waiters.wait(b"c1", 2, ["j2"], ["running"], "records", None, since)
+    assert len(waiters) == 1 and set(waiters.by_job) == {"j2"}
+
+
 def test_a_closed_connection_drops_the_waits_of_every_client_seen_on_it():
     waiters = Waiters(store=None, reads=None, reply=lambda *a: None, fail=lambda *a: None)
     for identity, fd in ((b"c1", 7), (b"c2", 7), (b"c3", 8)):
