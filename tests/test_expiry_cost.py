@@ -74,6 +74,8 @@ def test_jobs_expire_when_a_restarted_master_recovers_its_queue(daemon_factory,
         assert all(_expired(job) for job in done), done
         # The job that was running had started in time: it is rerun, not expired.
         wait_for(lambda: _runs(runs) == [busy, busy], 15, what="the busy job to rerun")
+        # The handler runs before its start is written (a start is written after 5 ms).
+        wait_for(lambda: c.get(busy).status == "running", 10, what="the rerun's start")
         rerun = c.get(busy)
         assert rerun.status == "running" and rerun.attempt == 1
         assert any(h["status"] == "queued" for h in rerun.history[1:])
