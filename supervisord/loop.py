@@ -155,7 +155,7 @@ class Master:
         w = self.writer
         if not w.may_send():
             return False
-        return bool(w.batch) or self.wants_jobs() or self.promote_due()
+        return bool(w.batch) or self.wants_jobs() or self.promote_due() or w.probe_due()
 
     def wants_jobs(self) -> bool:
         return (self.phase.running and self.writer.up and not self.writer.reserving()
@@ -491,7 +491,7 @@ class Master:
         self.scheduler.submitted(self.writer.batch.submits)
         wants = self.scheduler.wants() if self.wants_jobs() else {}
         promote = 500 if self.promote_due() else 0
-        if not (self.writer.batch or wants or promote):
+        if not (self.writer.batch or wants or promote or self.writer.probe_due()):
             return
         for failure in self.writer.send(wants, promote):
             self.write_failed(failure)

@@ -123,6 +123,12 @@ class Writer:
         return (self.pipe.connected and not self.pipe.full
                 and (self.up or self.clock.monotonic() >= self.retry_at))
 
+    def probe_due(self) -> bool:
+        """Redis was found away and nothing is in flight: an empty write must go to find
+        out whether it is back.  Nothing else would: an idle node writes nothing, and a
+        node that thinks Redis away refuses the submits and reservations that would."""
+        return not self.up and not self.pipe.busy
+
     def suspect(self) -> bool:
         """Redis is down, or slow to answer the oldest write: blocking reads would stall
         the loop, so periodic ones wait."""
@@ -187,8 +193,9 @@ class Writer:
     def ok(self) -> None:
         if not self.up:
             if self._seen:
-                log.warning("Redis is reachable again; wrote the %d transition(s) held "
-                            "meanwhile", self._retried)
+                held = (f"; wrote the {self._retried} transition(s) held meanwhile"
+                        if self._retried else "")
+                log.warning("Redis is reachable again%s", held)
             self._seen = True
             self.up = True
             self._saturated = False

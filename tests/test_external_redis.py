@@ -18,9 +18,9 @@ import redis
 from supervisord.config import Config
 from supervisord.errors import Unavailable
 from supervisord.redis.embedded import find_server
-from supervisord.redis.store import Op
+from supervisord.redis.store import Op, Store
 from supervisord.settings import Settings
-from supervisord.writer import Writer
+from supervisord.writer import Commit, Writer
 from tests.conftest import RedisServer, statuses, wait_for
 
 
@@ -144,3 +144,26 @@ def test_outage_buffer_is_bounded_by_coalescing_progress_then_holding_starts():
     assert sum(op.kind == "finish" for op in w.batch.ops) == 120  # nothing dropped
     w.ok()
     assert not w.saturated()  # Redis is back: the buffer is written, jobs start again
+
+
+def test_writer_probes_redis_when_it_was_found_away_with_nothing_to_write(redis_server):
+    """The writer against a real Redis: a failure seen elsewhere (a read that timed out)
+    marks Redis away while nothing is in flight.  An empty write then goes as a probe
+    once the retry time came, and its reply brings the writer back up; without it an
+    idle node would refuse submits for ever."""
+    cfg = Config.model_validate({"redis": {"retry_interval": 0.05}})
+    store = Store(redis_server.client(), "probe", "n1")
+    pipe = store.pipe()
+    pipe.connect()
+    w = Writer(store, pipe, Settings.build(cfg), watch_fd=lambda fd: None, wake=-1)
+    w.ok()
+    assert not w.probe_due()  # up: nothing to find out
+    w.failed(redis.TimeoutError("a read timed out"))
+    assert w.probe_due() and not w.may_send()  # away, and the retry time has not come
+    wait_for(w.may_send, 2, 0.01, "the retry time")
+    assert w.send({}, 0) == []
+    assert not w.probe_due()  # one probe at a time
+    [reply] = w.receive(block=True)
+    assert isinstance(reply, Commit) and not reply.taken
+    w.ok()  # what the loop does with a commit
+    assert w.up and not w.probe_due()

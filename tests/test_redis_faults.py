@@ -283,6 +283,28 @@ def test_reads_of_a_frozen_redis_do_not_hold_the_loop(daemon_factory, redis_serv
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.timeout(60)
+def test_an_idle_daemon_finds_redis_back_after_a_failed_read(daemon_factory, redis_server):
+    """A read that timed out marks Redis away while nothing is being written: the daemon
+    must find out by itself that Redis is back, not wait for a write that it refuses to
+    make while Redis is away."""
+    d = daemon_factory(redis={"socket_timeout": 1.0, "retry_interval": 0.2})
+    with d.client(timeout=10) as c:
+        jid = c.submit("add", {"a": 1, "b": 1})
+        c.wait(jid, timeout=10)
+        time.sleep(0.5)  # nothing in flight: the daemon is idle
+        redis_pid = redis_server.proc.pid
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable):
+                c.get(jid)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        time.sleep(1.0)  # a write that was out would have come back by now
+        wait_for(lambda: _answers(c, jid), 5, 0.1, "get to work again after SIGCONT")
+        assert c.run("add", {"a": 2, "b": 3}, timeout=10).result == 5
+
+
 def _answers(c, jid: str) -> bool:
     try:
         return c.get(jid).status == "succeeded"
