@@ -29,64 +29,91 @@ Priority = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
 
 
 class _Request(BaseModel):
+    """What every request carries besides its own fields."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    v: Literal[1] = 1
-    rid: int | str | None = None
+    v: Literal[1] = 1  # the protocol version; a request without it is taken as v1
+    rid: int | str | None = None  # echoed in the reply, to match replies to requests
 
 
 class _JobOptions(_Request):
-    type: Annotated[str, Field(min_length=1, max_length=200)]
-    priority: Priority | None = None
-    timeout: Annotated[float, Field(gt=0)] | None = None
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
-    delay: Annotated[float, Field(ge=0)] | None = None
-    run_at: float | None = None
-    tags: TagMap = Field(default_factory=dict)
+    """The options of a new job; unset ones take the job type's value from the config."""
+
+    type: Annotated[str, Field(min_length=1, max_length=200)]  # a job type in the config
+    priority: Priority | None = None  # higher runs first; unset: the type's priority
+    timeout: Annotated[float, Field(gt=0)] | None = None  # seconds an attempt may run
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None  # unset: the type's
+    delay: Annotated[float, Field(ge=0)] | None = None  # seconds from now before it may run
+    run_at: float | None = None  # epoch seconds before which it does not run (beats delay)
+    tags: TagMap = Field(default_factory=dict)  # string map, filterable with jobs' tag
 
 
 class Submit(_JobOptions):
+    """Submit one job.  The reply (a ``SubmitReply``) comes once the job is in Redis;
+    with ``wait``, the reply is instead the job's final record, in a list of one, as
+    ``wait`` sends it."""
+
     op: Literal["submit"]
-    payload: Any = None
+    payload: Any = None  # the handler's input: any msgpack value, up to max_payload
+    # Idempotency key: a second submit with it gets the first job's id (new: false).
     key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     wait: bool = False  # reply with the final record instead of the id: one round trip
-    wait_timeout: Annotated[float, Field(ge=0)] | None = None
+    wait_timeout: Annotated[float, Field(ge=0)] | None = None  # seconds; unset: no limit
 
 
 class SubmitMany(_JobOptions):
+    """Submit many jobs of one type with the same options, written in one atomic step.
+    The reply is the list of their ids, in the order of ``payloads``."""
+
     op: Literal["submit_many"]
-    payloads: Annotated[list[Any], Field(min_length=1, max_length=100_000)]
+    payloads: Annotated[list[Any], Field(min_length=1, max_length=100_000)]  # one job each
+    # One idempotency key (or nil) per payload.
     keys: list[Annotated[str, Field(min_length=1, max_length=256)] | None] | None = None
 
 
 class Get(_Request):
+    """One job's record as it is now (see Job records); ``not_found`` if there is none."""
+
     op: Literal["get"]
     id: JobId
 
 
 class Wait(_Request):
+    """Reply once every job named has ended (succeeded, failed or cancelled): a list
+    with one entry per id, in their order.  ``timeout`` if they have not all ended in
+    time, ``not_found`` if one does not exist."""
+
     op: Literal["wait"]
     ids: Annotated[list[JobId], Field(min_length=1, max_length=100_000)]
-    timeout: Annotated[float, Field(ge=0)] | None = None
+    timeout: Annotated[float, Field(ge=0)] | None = None  # seconds; unset: no limit
     # records: whole records; outcomes: status, result and error only (cheap for bulk)
     view: Literal["records", "outcomes"] = "records"
 
 
 class Logs(_Request):
+    """What the job's handler wrote to stdout and stderr and logged (``LogsReply``)."""
+
     op: Literal["logs"]
     id: JobId
 
 
 class Cancel(_Request):
+    """Cancel a job: one not started ends cancelled at once; a running one is stopped,
+    and ends cancelled once its handler has (``CancelReply``)."""
+
     op: Literal["cancel"]
     id: JobId
 
 
 class Jobs(_Request):
+    """List job records, newest first, one page at a time (``JobsReply``)."""
+
     op: Literal["jobs"]
+    # Only jobs in this status.
     status: Literal[tuple(s.value for s in JobStatus)] | None = None  # type: ignore[valid-type]
-    type: str | None = None
-    tag: Annotated[list[str], Field(min_length=2, max_length=2)] | None = None
-    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    type: str | None = None  # only jobs of this type
+    tag: Annotated[list[str], Field(min_length=2, max_length=2)] | None = None  # [key, value]
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 50  # records per page
     # What the last page returned: "created_at:last_id" (a float, then a job id).
     cursor: Annotated[str, Field(max_length=200,
                                  pattern=r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?:[0-9a-z]{0,64}$")
@@ -94,26 +121,38 @@ class Jobs(_Request):
 
 
 class DeadLetters(_Request):
+    """The dead-letter set (failed jobs): list them, retry them with fresh attempts, or
+    purge (delete) them (``DeadLettersReply``)."""
+
     op: Literal["dlq"]
     action: Literal["list", "retry", "purge"] = "list"
-    ids: list[JobId] | None = None
-    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
+    ids: list[JobId] | None = None  # retry and purge: these jobs only; unset: all of them
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100  # list: at most this many records
 
 
 class Status(_Request):
+    """What ``jobsup status`` shows: pools, workers, queues, circuits, Redis health (a
+    map; see Status)."""
+
     op: Literal["status"]
 
 
 class Ping(_Request):
+    """Who answers, and what a client needs before it talks more (``PingReply``)."""
+
     op: Literal["ping"]
 
 
 class Shutdown(_Request):
+    """Stop the daemon, as SIGTERM does (SIGQUIT with ``fast``) (``ShutdownReply``)."""
+
     op: Literal["shutdown"]
-    fast: bool = False
+    fast: bool = False  # requeue running jobs and stop now instead of letting them finish
 
 
 class Reload(_Request):
+    """Reload the config file, as SIGHUP does (``ReloadReply``)."""
+
     op: Literal["reload"]
 
 
@@ -166,10 +205,10 @@ class DeadLettersReply(TypedDict, total=False):
 
 
 class PingReply(TypedDict):
-    node: str
-    pid: int
-    version: int
-    events: str
+    node: str  # daemon.node_id
+    pid: int  # the master's
+    version: int  # the protocol version it speaks
+    events: str  # the events (PUB) endpoint, api.events
     max_message: int  # api.max_message: clients refuse larger requests before sending
 
 
@@ -180,7 +219,7 @@ class ShutdownReply(TypedDict):
 
 class ReloadReply(TypedDict):
     reloaded: bool
-    errors: list[dict]
+    errors: list[dict]  # why the file was refused (the old config stays): loc and msg each
 
 
 def encode(obj: Any) -> bytes:
