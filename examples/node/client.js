@@ -19,7 +19,6 @@ class Client {
     this.pending = new Map()  // rid -> promise: replies (to waits) can come out of order
     this.read()
   }
-
   async read() {
     for await (const [frame] of this.sock) {
       const reply = decode(frame)
@@ -30,19 +29,15 @@ class Client {
       reply.ok ? call.resolve(reply.result) : call.reject(new JobsupError(reply.error))
     }
   }
-
   call(op, fields = {}, timeoutMs = this.timeoutMs) {
     const rid = ++this.rid
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(rid)
-        reject(new Error(`no reply to '${op}' from ${this.endpoint} in ${timeoutMs} ms; is the daemon running?`))
-      }, timeoutMs)
+      const timer = setTimeout(() => this.pending.delete(rid) && reject(new Error(
+        `no reply to '${op}' from ${this.endpoint} in ${timeoutMs} ms; is the daemon running?`)), timeoutMs)
       this.pending.set(rid, { resolve, reject, timer })
       this.sock.send(encode({ v: 1, op, rid, ...fields })).catch(reject)
     })
   }
-
   close() { this.sock.close() }
 }
 
