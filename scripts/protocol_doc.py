@@ -215,6 +215,19 @@ def _models() -> dict[str, type]:
     return models
 
 
+def reply_types(model: type) -> list[type]:
+    """The reply types (``...Reply`` in ``wire/api.py``) an operation's docstring names:
+    its reply table, and what tests/test_protocol_doc.py holds a real reply to."""
+    found = []
+    for name in dict.fromkeys(re.findall(r"\b(\w+Reply)\b", _doc(model))):
+        reply = getattr(api, name, None)
+        if reply is None:
+            raise DocError(f"{model.__name__}'s docstring names {name}, which "
+                           "supervisord/wire/api.py does not define")
+        found.append(reply)
+    return found
+
+
 def operations() -> str:
     parts = ["Fields every request may carry (`op` names the operation):", "",
              _request_table(api._Request, ()), ""]
@@ -225,12 +238,8 @@ def operations() -> str:
             parts += [_request_table(model, _COMMON), ""]
         else:
             parts += ["No fields besides `op`, `v` and `rid`.", ""]
-        for name in dict.fromkeys(re.findall(r"\b(\w+Reply)\b", text)):
-            reply = getattr(api, name, None)
-            if reply is None:
-                raise DocError(f"{model.__name__}'s docstring names {name}, which "
-                               "supervisord/wire/api.py does not define")
-            parts += [f"Reply `result` ({name}):", "", _reply_table(reply), ""]
+        for reply in reply_types(model):
+            parts += [f"Reply `result` ({reply.__name__}):", "", _reply_table(reply), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from supervisord import errors
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 DOC = ROOT / "docs" / "protocol.md"
 _spec = importlib.util.spec_from_file_location("protocol_doc", ROOT / "scripts" / "protocol_doc.py")
@@ -87,3 +87,53 @@ def test_what_a_daemon_sends_is_documented(shared):
     for part in ("pools", "workers"):
         assert {k for item in status[part] for k in item} - fields == set(), part
     assert set(status["redis"]) - fields == set()
+
+
+def reply_type(op: str) -> type:
+    [reply] = protocol_doc.reply_types(protocol_doc._models()[op])
+    return reply
+
+
+def assert_has_the_fields_of_its_table(op: str, result: dict) -> None:
+    reply = reply_type(op)
+    named = set(reply.__annotations__)
+    assert set(result) - named == set(), (
+        f"a {op} reply carries fields {reply.__name__} (its table in docs/protocol.md) "
+        "does not name: add them to it in supervisord/wire/api.py, then run "
+        "scripts/protocol-doc")
+    assert reply.__required_keys__ - set(result) == set(), (
+        f"a {op} reply lacks fields {reply.__name__} says it always has")
+
+
+@pytest.mark.timeout(90)
+def test_each_reply_has_the_fields_its_table_names(daemon_factory):
+    """The reply tables come from the ``...Reply`` types, which the daemon does not check
+    itself: a real daemon's replies must carry no field those types (and so the doc)
+    leave out."""
+    d = daemon_factory()
+    with d.client() as c:
+        replies = {"ping": c.call("ping")}
+        failed = c.call("submit", type="fail", payload={"how": "permanent"},
+                        key="protocol-doc-reply")
+        replies["submit"] = failed
+        c.outcomes([failed["id"]])
+        replies["logs"] = c.call("logs", id=failed["id"])
+        running = c.call("submit", type="sleep", payload={"seconds": 30})["id"]
+        wait_for(lambda: c.get(running).status == "running", what="the sleep job to start")
+        replies["cancel"] = c.call("cancel", id=running)
+        assert replies["cancel"]["status"] == "cancelling"
+        c.outcomes([running])
+        replies["jobs"] = c.call("jobs", limit=1)
+        replies["reload"] = c.call("reload")
+        listed = c.call("dlq")
+        assert [job["id"] for job in listed["jobs"]] == [failed["id"]]
+        purged = c.call("dlq", action="purge", ids=[failed["id"]])
+        assert purged["ids"] == [failed["id"]]
+        replies["shutdown"] = c.call("shutdown")
+    for op, result in replies.items():
+        assert_has_the_fields_of_its_table(op, result)
+    for result in (listed, purged):
+        assert_has_the_fields_of_its_table("dlq", result)
+    assert {op for op, m in protocol_doc._models().items()
+            if protocol_doc.reply_types(m)} == set(replies) | {"dlq"}, (
+        "an operation with a reply table is not exercised here")
