@@ -196,6 +196,11 @@ class LogsReply(TypedDict):
 class JobsReply(TypedDict):
     jobs: list[dict]
     cursor: str | None  # pass back for the next page; None after the last
+    # How many jobs match the filters (all pages); None when several filters match
+    # more than the daemon counts one by one (``Store.count``): then ``total_at_most``
+    # bounds it.
+    total: int | None
+    total_at_most: int
 
 
 class DeadLettersReply(TypedDict, total=False):
