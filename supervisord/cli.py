@@ -228,7 +228,7 @@ def submit(job_type: str, payload: str | None, priority: int | None, timeout: fl
                 ids = c.submit_many(job_type, payloads, **opts)
                 bar.advance(len(ids))
             if wait:
-                _wait_many(c, ids, None, as_json)
+                _wait_many(c, ids, None, as_json, bar.started)
             click.echo(f"{len(ids):,} job(s) submitted in {bar.elapsed:.1f} s", err=True)
             click.echo(json.dumps(ids) if as_json else "\n".join(ids))
             return
@@ -251,9 +251,11 @@ def job(job_id: str, as_json: bool) -> None:
         _print_job(c.get(job_id), as_json)
 
 
-def _wait_many(c: Client, ids: list[str], timeout: float | None, as_json: bool) -> None:
+def _wait_many(c: Client, ids: list[str], timeout: float | None, as_json: bool,
+               started: float | None = None) -> None:
     """Wait for many jobs with a bar, print them and one summary line, and exit: 0 if
-    all succeeded, else 1.  ``--json`` prints their records, else a table."""
+    all succeeded, else 1.  ``--json`` prints their records, else a table.  The wall
+    time is counted from ``started`` (a monotonic time: the submit before the wait)."""
     with progress.Bar("waiting", len(ids), progress.shown(as_json)) as bar:
         found: list[Any] = progress.wait_all(c.wait_many if as_json else c.outcomes, ids,
                                              bar, timeout)
@@ -261,7 +263,8 @@ def _wait_many(c: Client, ids: list[str], timeout: float | None, as_json: bool) 
         _dump([j.model_dump() for j in found])
     else:
         _table([[j.id, j.status, j.attempt] for j in found], ["ID", "STATUS", "TRY"])
-    click.echo(progress.summary(len(found), bar.tally, bar.elapsed), err=True)
+    took = time.monotonic() - (bar.started if started is None else started)
+    click.echo(progress.summary(len(found), bar.tally, took), err=True)
     sys.exit(EXIT_OK if all(j.status == "succeeded" for j in found) else EXIT_JOB_FAILED)
 
 
@@ -449,7 +452,7 @@ def dlq_retry(job_ids: tuple[str, ...], retry_all: bool, wait: bool, as_json: bo
         if missing:
             _fail(f"not in the dead-letter set: {', '.join(missing)}", EXIT_USAGE)
         if wait and done:
-            _wait_many(c, done, None, as_json)
+            _wait_many(c, done, None, as_json, bar.started)
 
 
 @dlq.command("purge")
