@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from supervisord import __version__, progress
+from supervisord import __version__, progress, units
 from supervisord import config as config_mod
 from supervisord.client import Client, Job
 from supervisord.errors import (
@@ -350,23 +350,6 @@ def _page_count(shown: int, total: int | None, at_most: int | None) -> str:
     return f"{shown:,} shown"
 
 
-def _bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
-
-
-def _gpu_memory(n: int | None) -> str:
-    """'-' where NVML is not read; 0B for a worker that holds no GPU memory."""
-    if n is None:
-        return "-"
-    return _bytes(n) if n else "0B"
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @_common
@@ -392,9 +375,9 @@ def status(as_json: bool) -> None:
              "DEGRADED" if p["degraded"] else "ok"] for p in st["pools"]],
            ["POOL", "WORKERS", "IDLE", "BUSY", "QUEUED", "STATE"])
     click.echo()
-    _table([[w["pool"], w["pid"], w["state"], w["job"], _bytes(w["rss"]), f"{w['cpu']:.0f}%",
+    _table([[w["pool"], w["pid"], w["state"], w["job"], units.size(w["rss"]), f"{w['cpu']:.0f}%",
              ",".join(map(str, w["gpu"])) if w["gpu"] else "-",
-             _gpu_memory(w.get("gpu_memory")),
+             units.gpu_memory(w.get("gpu_memory")),
              f"{w['uptime']:.0f}s", w["jobs_done"]] for w in st["workers"]],
            ["POOL", "PID", "STATE", "JOB", "RSS", "CPU", "GPU", "GPU MEM", "UPTIME", "DONE"])
     if st.get("circuits"):
@@ -407,6 +390,20 @@ def status(as_json: bool) -> None:
               "the jobs it holds and retries Redis by itself, but takes no submits, and "
               "queues, dead letters and circuits cannot be read until it is back",
               EXIT_UNREACHABLE)
+
+
+@main.command()
+@click.option("--once", "show_once", is_flag=True,
+              help="print one frame and exit (3 if the daemon or Redis is unreachable)")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0,
+              help="seconds between frames")
+@_common
+def top(show_once: bool, interval: float) -> None:
+    """A live view of pools, workers, queues, rates and circuits; q quits."""
+    from supervisord import top as view  # rich's live display, loaded only here
+
+    with _client() as c:
+        sys.exit(view.run(c, show_once, interval))
 
 
 @main.group()
