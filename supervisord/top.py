@@ -146,7 +146,8 @@ def _workers(st: dict) -> Table:
 
 def _types(st: dict, rates: Rates) -> Table:
     span = rates.span
-    over = f"last {span:.0f}s" if span is not None else "average since start"
+    over = ("average since start" if span is None else
+            f"last {span:.1f}s" if span < 10 else f"last {span:.0f}s")
     t = _table(f"JOB TYPES (per second, {over}; totals since start)", "TYPE", "SUBMIT/s",
                "START/s", "OK/s", "FAIL/s", "RETRY/s", "SUBMITTED", "SUCCEEDED", "FAILED")
     rows = [(name, rates.counts(name), counts)
