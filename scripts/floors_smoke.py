@@ -223,8 +223,12 @@ def check_cli_and_metrics(d: Daemon) -> None:
     done = d.cli("submit", "add", '{"a": 40, "b": 2}', "--wait", "--json")
     if json.loads(done.stdout).get("result") != 42:
         raise Failed(f"`jobsup submit add --wait --json` printed {done.stdout!r}")
+    frame = d.cli("top", "--once")  # rich's tables, at its floor
+    if frame.returncode != 0 or str(st["workers"][0]["pid"]) not in frame.stdout:
+        raise Failed(f"`jobsup top --once` exited {frame.returncode}:\n{frame.stdout}"
+                     f"{frame.stderr}")
     print(f"floors: jobsup status --json ok ({len(st['workers'])} workers), "
-          "jobsup submit --wait ok", flush=True)
+          "jobsup submit --wait ok, jobsup top --once ok", flush=True)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         body = resp.read().decode()
         if resp.status != 200 or 'jobsup_jobs_succeeded_total{type="add"} 2.0' not in body:

@@ -299,7 +299,9 @@ class Api:
         def read() -> protocol.JobsReply:
             ids, cursor = store.list_ids(req.status, req.type, tag, req.limit, req.cursor)
             records = [r for r in store.get_many(ids) if r is not None]
-            return protocol.JobsReply(jobs=records, cursor=cursor)
+            total, at_most = store.count(req.status, req.type, tag)
+            return protocol.JobsReply(jobs=records, cursor=cursor, total=total,
+                                      total_at_most=at_most)
 
         self.later(identity, rid, "jobs", read, lambda found: self.reply(identity, rid, found))
 

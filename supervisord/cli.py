@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from supervisord import __version__
+from supervisord import __version__, progress, units
 from supervisord import config as config_mod
 from supervisord.client import Client, Job
 from supervisord.errors import (
@@ -223,15 +223,13 @@ def submit(job_type: str, payload: str | None, priority: int | None, timeout: fl
         if jobs_file:
             if payload is not None:
                 _fail("give either a PAYLOAD or --file, not both", EXIT_USAGE)
-            ids = c.submit_many(job_type, _read_jsonl(jobs_file), **opts)
+            payloads = _read_jsonl(jobs_file)
+            with progress.Bar("submitting", len(payloads), progress.shown(as_json)) as bar:
+                ids = c.submit_many(job_type, payloads, **opts)
+                bar.advance(len(ids))
             if wait:
-                jobs = c.wait_many(ids)
-                if as_json:
-                    _dump([j.model_dump() for j in jobs])
-                else:
-                    _table([[j.id, j.status, j.attempt] for j in jobs], ["ID", "STATUS", "TRY"])
-                sys.exit(EXIT_OK if all(j.status == "succeeded" for j in jobs)
-                         else EXIT_JOB_FAILED)
+                _wait_many(c, ids, None, as_json, bar.started)
+            click.echo(f"{len(ids):,} job(s) submitted in {bar.elapsed:.1f} s", err=True)
             click.echo(json.dumps(ids) if as_json else "\n".join(ids))
             return
         if not wait:
@@ -253,15 +251,38 @@ def job(job_id: str, as_json: bool) -> None:
         _print_job(c.get(job_id), as_json)
 
 
+def _wait_many(c: Client, ids: list[str], timeout: float | None, as_json: bool,
+               started: float | None = None) -> None:
+    """Wait for many jobs with a bar, print them and one summary line, and exit: 0 if
+    all succeeded, else 1.  ``--json`` prints their records, else a table.  The wall
+    time is counted from ``started`` (a monotonic time: the submit before the wait)."""
+    with progress.Bar("waiting", len(ids), progress.shown(as_json)) as bar:
+        found: list[Any] = progress.wait_all(c.wait_many if as_json else c.outcomes, ids,
+                                             bar, timeout)
+    if as_json:
+        _dump([j.model_dump() for j in found])
+    else:
+        _table([[j.id, j.status, j.attempt] for j in found], ["ID", "STATUS", "TRY"])
+    took = time.monotonic() - (bar.started if started is None else started)
+    click.echo(progress.summary(len(found), bar.tally, took), err=True)
+    sys.exit(EXIT_OK if all(j.status == "succeeded" for j in found) else EXIT_JOB_FAILED)
+
+
 @main.command()
-@click.argument("job_id")
+@click.argument("job_ids", nargs=-1, required=True)
 @click.option("--timeout", type=float, default=None, help="give up after S seconds (exit 1)")
 @click.option("--json", "as_json", is_flag=True)
 @_common
-def wait(job_id: str, timeout: float | None, as_json: bool) -> None:
-    """Wait for a job to finish; exit 0 if it succeeded, 1 if not."""
+def wait(job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
+    """Wait for jobs to finish; exit 0 if all succeeded, 1 if not.
+
+    One job prints its record; several show a bar on a terminal, then a table (or
+    their records with --json) and a summary line on stderr.
+    """
     with _client() as c:
-        job = c.wait(job_id, timeout=timeout)
+        if len(job_ids) > 1:
+            _wait_many(c, list(dict.fromkeys(job_ids)), timeout, as_json)
+        job = c.wait(job_ids[0], timeout=timeout)
         _print_job(job, as_json)
         _exit_for(job)
 
@@ -308,30 +329,25 @@ def jobs(status: str | None, job_type: str | None, tag: str | None, limit: int,
     """List jobs, newest first."""
     tag_pair = next(iter(_tags((tag,)).items())) if tag else None
     with _client() as c:
-        found = c.jobs(status=status, type=job_type, tag=tag_pair, limit=limit)
+        page = c.jobs_page(status=status, type=job_type, tag=tag_pair, limit=limit)
+    found = page.jobs
     if as_json:
         _dump([j.model_dump() for j in found])
         return
     _table([[j.id, j.type, j.status, f"{j.attempt}/{j.max_attempts}", _ts(j.created_at),
              (j.error or {}).get("kind") if j.status in ("failed", "cancelled") else ""]
             for j in found], ["ID", "TYPE", "STATUS", "TRY", "CREATED", "ERROR"])
+    click.echo(_page_count(len(found), page.total, page.total_at_most))
 
 
-def _bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
-
-
-def _gpu_memory(n: int | None) -> str:
-    """'-' where NVML is not read; 0B for a worker that holds no GPU memory."""
-    if n is None:
-        return "-"
-    return _bytes(n) if n else "0B"
+def _page_count(shown: int, total: int | None, at_most: int | None) -> str:
+    """'50 of 1,234'; a bound where the daemon did not count several filters out."""
+    if total is not None:
+        return f"{shown:,} of {total:,}"
+    if at_most is not None:
+        return (f"{shown:,} of at most {at_most:,} (several filters over more jobs than "
+                "the daemon counts one by one)")
+    return f"{shown:,} shown"
 
 
 @main.command()
@@ -359,9 +375,9 @@ def status(as_json: bool) -> None:
              "DEGRADED" if p["degraded"] else "ok"] for p in st["pools"]],
            ["POOL", "WORKERS", "IDLE", "BUSY", "QUEUED", "STATE"])
     click.echo()
-    _table([[w["pool"], w["pid"], w["state"], w["job"], _bytes(w["rss"]), f"{w['cpu']:.0f}%",
+    _table([[w["pool"], w["pid"], w["state"], w["job"], units.size(w["rss"]), f"{w['cpu']:.0f}%",
              ",".join(map(str, w["gpu"])) if w["gpu"] else "-",
-             _gpu_memory(w.get("gpu_memory")),
+             units.gpu_memory(w.get("gpu_memory")),
              f"{w['uptime']:.0f}s", w["jobs_done"]] for w in st["workers"]],
            ["POOL", "PID", "STATE", "JOB", "RSS", "CPU", "GPU", "GPU MEM", "UPTIME", "DONE"])
     if st.get("circuits"):
@@ -374,6 +390,20 @@ def status(as_json: bool) -> None:
               "the jobs it holds and retries Redis by itself, but takes no submits, and "
               "queues, dead letters and circuits cannot be read until it is back",
               EXIT_UNREACHABLE)
+
+
+@main.command()
+@click.option("--once", "show_once", is_flag=True,
+              help="print one frame and exit (3 if the daemon or Redis is unreachable)")
+@click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0,
+              help="seconds between frames")
+@_common
+def top(show_once: bool, interval: float) -> None:
+    """A live view of pools, workers, queues, rates and circuits; q quits."""
+    from supervisord import top as view  # rich's live display, loaded only here
+
+    with _client() as c:
+        sys.exit(view.run(c, show_once, interval))
 
 
 @main.group()
@@ -400,17 +430,26 @@ def dlq_list(limit: int, as_json: bool) -> None:
 @dlq.command("retry")
 @click.argument("job_ids", nargs=-1)
 @click.option("--all", "retry_all", is_flag=True, help="every job in the set")
+@click.option("--wait", is_flag=True, help="wait for the retried jobs to finish (exit 1 if "
+              "any fails again)")
+@click.option("--json", "as_json", is_flag=True, help="with --wait: their final records")
 @_common
-def dlq_retry(job_ids: tuple[str, ...], retry_all: bool) -> None:
+def dlq_retry(job_ids: tuple[str, ...], retry_all: bool, wait: bool, as_json: bool) -> None:
     """Run failed jobs again with fresh attempts; their history is kept."""
     if bool(job_ids) == retry_all:
         _fail("give job ids or --all", EXIT_USAGE)
     with _client() as c:
-        done = c.retry_dead_letters(None if retry_all else list(job_ids))
-    missing = sorted(set(job_ids) - set(done))
-    click.echo(f"requeued {len(done)} job(s)")
-    if missing:
-        _fail(f"not in the dead-letter set: {', '.join(missing)}", EXIT_USAGE)
+        with progress.Bar("requeueing", None, progress.shown(as_json)) as bar:
+            done = c.retry_dead_letters(None if retry_all else list(job_ids))
+            bar.total(len(done))
+            bar.advance(len(done))
+        missing = sorted(set(job_ids) - set(done))
+        click.echo(f"requeued {len(done)} job(s) in {bar.elapsed:.1f} s",
+                   err=wait and not missing)
+        if missing:
+            _fail(f"not in the dead-letter set: {', '.join(missing)}", EXIT_USAGE)
+        if wait and done:
+            _wait_many(c, done, None, as_json, bar.started)
 
 
 @dlq.command("purge")

@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -83,6 +84,24 @@ class Outcome(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsPage:
+    """A page of ``Client.jobs_page``; it unpacks as ``jobs, cursor`` as before.
+
+    ``total`` is how many jobs match the filters; None when several filters match
+    more jobs than the daemon counts one by one, and then ``total_at_most`` bounds
+    it (None too from a daemon that does not count).
+    """
+
+    jobs: list[Job]
+    cursor: str | None
+    total: int | None = None
+    total_at_most: int | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.jobs, self.cursor))
 
 
 _JOBS = TypeAdapter(list[Job])
@@ -364,11 +383,12 @@ class Client:
              tag: tuple[str, str] | None = None, limit: int = 50,
              cursor: str | None = None) -> list[Job]:
         """Newest first.  For the next page, see ``jobs_page``."""
-        return self.jobs_page(status, type, tag, limit, cursor)[0]
+        return self.jobs_page(status, type, tag, limit, cursor).jobs
 
     def jobs_page(self, status: str | None = None, type: str | None = None,
                   tag: tuple[str, str] | None = None, limit: int = 50,
-                  cursor: str | None = None) -> tuple[list[Job], str | None]:
+                  cursor: str | None = None) -> JobsPage:
+        """One page newest first, with how many jobs match the filters in all."""
         fields: dict[str, Any] = {"limit": limit}
         for name, value in (("status", status), ("type", type), ("cursor", cursor)):
             if value is not None:
@@ -376,7 +396,8 @@ class Client:
         if tag is not None:
             fields["tag"] = list(tag)
         page = self.call("jobs", **fields)
-        return [Job.model_validate(r) for r in page["jobs"]], page["cursor"]
+        return JobsPage([Job.model_validate(r) for r in page["jobs"]], page["cursor"],
+                        page.get("total"), page.get("total_at_most"))
 
     def dead_letters(self, limit: int = 100) -> list[Job]:
         """Failed jobs, most recent failure first."""

@@ -293,7 +293,7 @@ class Master:
             lambda: self.settings, self.phase, self.workers, self.scheduler, self.store,
             redis_up=lambda: self.writer.up, embedded=self.embedded is not None,
             metrics_port=lambda: m.port, topics=lambda: events.topics,
-            waiters=lambda: len(self.waiters), started=self.started)
+            waiters=lambda: len(self.waiters), started=self.started, metrics=m)
 
     def close(self) -> None:
         self.systemd.begin_stop()

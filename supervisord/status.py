@@ -49,6 +49,30 @@ class Sources:
     topics: Any  # () -> iterable of bytes
     waiters: Any  # () -> int
     started: float
+    metrics: Any = None  # web.metrics.Metrics: its job counters give ``counts``
+
+
+COUNTED = ("submitted", "started", "succeeded", "failed", "retried")
+
+
+def job_counts(metrics: Any) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Jobs submitted, attempts started, jobs succeeded, failed and retries since the
+    master started, in all and per type: read from the Prometheus counters the master
+    keeps anyway, so counting costs the hot path nothing."""
+    totals = dict.fromkeys(COUNTED, 0)
+    types: dict[str, dict[str, int]] = {}
+    if metrics is None:
+        return totals, types
+    for name in COUNTED:
+        for family in getattr(metrics, name).collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue  # the _created timestamps
+                n = int(sample.value)
+                per_type = types.setdefault(sample.labels["type"], dict.fromkeys(COUNTED, 0))
+                per_type[name] += n
+                totals[name] += n
+    return totals, types
 
 
 def redis_reads(src: Sources, health: bool = True) -> Callable[[], dict]:
@@ -100,6 +124,7 @@ def describe(src: Sources, facts: dict) -> dict:
     for pid in [p for p in _cpu if p not in live]:
         _cpu.pop(pid, None)
     depths = queue_depths(facts, src.scheduler)
+    counts, types = job_counts(src.metrics)
     pools = [{
         "name": p.name, "target": p.target, "workers": len(p.workers),
         "idle": len(p.idle()), "busy": len(p.busy()), "queued": depths.get(p.name),
@@ -112,4 +137,5 @@ def describe(src: Sources, facts: dict) -> dict:
         "dead_letters": facts["dead"], "redis": facts["redis"],
         "metrics_port": src.metrics_port(),
         "subscriptions": sorted(t.hex() for t in src.topics()), "waiters": src.waiters(),
+        "counts": counts, "types": types,
     }

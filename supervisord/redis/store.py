@@ -30,6 +30,10 @@ _NUMBERS = {
 }
 
 
+# Jobs of the smallest index a count of several filters checks one by one; above it the
+# count is given as a bound (``Store.count``).
+COUNT_SCAN_LIMIT = 10_000
+
 _packer = msgpack.Packer(use_bin_type=True)
 
 
@@ -418,14 +422,7 @@ class Store:
         records: the smallest index is walked page by page and each member is
         checked against the others, so no query scans the keyspace.
         """
-        indexes = [key for key, wanted in (
-            (self.keys.index_status(status or ""), status),
-            (self.keys.index_type(job_type or ""), job_type),
-            (self.keys.index_tag(*tag) if tag else "", tag)) if wanted] or [self.keys.index_all]
-        pipe = self.r.pipeline(transaction=False)
-        for key in indexes:
-            pipe.zcard(key)
-        sizes = pipe.execute()
+        indexes, sizes = self._indexes(status, job_type, tag)
         primary = indexes[sizes.index(min(sizes))]
         others = [k for k in indexes if k != primary]
         offset = self._resume_at(primary, cursor)
@@ -438,6 +435,40 @@ class Store:
             offset += len(rows)
             found += self._matching(rows, others)[:limit - len(found)]
         return [i for i, _ in found], f"{found[-1][1]!r}:{found[-1][0]}"
+
+    def _indexes(self, status: str | None, job_type: str | None, tag: tuple[str, str] | None
+                 ) -> tuple[list[str], list[int]]:
+        """The indexes a listing's filters name (all jobs without any) and their sizes."""
+        indexes = [key for key, wanted in (
+            (self.keys.index_status(status or ""), status),
+            (self.keys.index_type(job_type or ""), job_type),
+            (self.keys.index_tag(*tag) if tag else "", tag)) if wanted] or [self.keys.index_all]
+        pipe = self.r.pipeline(transaction=False)
+        for key in indexes:
+            pipe.zcard(key)
+        return indexes, pipe.execute()
+
+    def count(self, status: str | None = None, job_type: str | None = None,
+              tag: tuple[str, str] | None = None, scan_limit: int = COUNT_SCAN_LIMIT
+              ) -> tuple[int | None, int]:
+        """How many jobs match the filters: ``(total, at_most)``.
+
+        One filter (or none) is one index's size.  Several intersect: the smallest
+        index is walked and each member checked against the others, but only when
+        it holds at most ``scan_limit`` jobs; above that ``total`` is None and
+        ``at_most`` (the smallest index's size) bounds it, so a count never costs
+        more than ``scan_limit`` lookups per filter.
+        """
+        indexes, sizes = self._indexes(status, job_type, tag)
+        smallest = min(sizes)
+        if len(indexes) == 1:
+            return smallest, smallest
+        if smallest > scan_limit:
+            return None, smallest
+        primary = indexes[sizes.index(smallest)]
+        others = [k for k in indexes if k != primary]
+        rows = self.r.zrange(primary, 0, scan_limit - 1, withscores=True)
+        return len(self._matching(rows, others)), smallest
 
     def _resume_at(self, index: str, cursor: str | None) -> int:
         if not cursor:

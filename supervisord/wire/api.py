@@ -196,6 +196,10 @@ class LogsReply(TypedDict):
 class JobsReply(TypedDict):
     jobs: list[dict]
     cursor: str | None  # pass back for the next page; None after the last
+    # How many jobs match the filters (all pages); None when several filters match
+    # more jobs than the daemon counts one by one (10,000): then total_at_most bounds it.
+    total: int | None
+    total_at_most: int  # at most this many match (the smallest filter's index size)
 
 
 class DeadLettersReply(TypedDict, total=False):
