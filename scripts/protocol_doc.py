@@ -260,7 +260,10 @@ def _constructed() -> dict[str, list[str]]:
 
 
 def _error_classes(cls: type = errors.JobsupError) -> list[type]:
-    return [cls] + [c for sub in cls.__subclasses__() for c in _error_classes(sub)]
+    """The wire's error classes: those of supervisord/errors.py only, so that what else
+    happens to be imported (a handler's ``worker.errors``) never changes the table."""
+    return [cls] + [c for sub in cls.__subclasses__() if sub.__module__ == errors.__name__
+                    for c in _error_classes(sub)]
 
 
 def error_codes() -> str:

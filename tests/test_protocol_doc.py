@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import worker.errors  # noqa: F401  (the suite imports it anyway; the tables must not change)
 from supervisord import errors
 from tests.conftest import ROOT, wait_for
 
