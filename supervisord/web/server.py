@@ -45,6 +45,7 @@ log = logging.getLogger("jobsup.web")
 STATIC = Path(__file__).resolve().parent / "static"
 _JOB_ID = re.compile(r"^[0-9a-z]{1,64}$")
 _MAX_LIMIT = 1000
+_STREAM_BUFFER = 64 * 1024  # bytes, in the process and in the kernel, per event stream
 _STATUSES = tuple(s.value for s in JobStatus)
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
           ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
@@ -310,7 +311,15 @@ class Server:
                                  "max_streams")
         watcher, first = await hub.join(job, last)
         transport = request.transport
-        watcher.abort = transport.abort if transport is not None else None
+        if transport is not None:
+            # Small buffers between the queue and the client, so that one that does not
+            # read fills its queue (and is dropped) soon, holding little kernel memory.
+            transport.set_write_buffer_limits(high=_STREAM_BUFFER)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _STREAM_BUFFER)
+            watcher.abort = transport.abort
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
