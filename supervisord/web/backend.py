@@ -8,7 +8,8 @@ and shares no code path the CLI does not also test.  Each call is short (the
 master answers from memory or reads Redis off its loop); a handful of
 threads cover a page's requests, and a bound on calls waiting for a thread
 turns a flood into quick 503s instead of a queue that grows without limit.
-The event stream, which is long-lived, uses ``zmq.asyncio`` (see stream.py).
+The event stream, which is long-lived, reads a SUB socket in the event loop
+itself (see stream.py).
 """
 
 from __future__ import annotations

@@ -160,7 +160,6 @@ class Server:
         self.web = settings["web"]
         self.backend = Backend(settings)
         self.hub = Hub(settings)
-        self._reader: asyncio.Task | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors], client_max_size=1024 * 1024)
@@ -180,13 +179,9 @@ class Server:
         return app
 
     async def _start(self, app: web.Application) -> None:
-        self._reader = asyncio.get_running_loop().create_task(self.hub.run())
+        self.hub.start(asyncio.get_running_loop())
 
     async def _stop(self, app: web.Application) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
         await self.hub.close()
         self.backend.close()
 
@@ -334,7 +329,12 @@ class Server:
                     continue
                 if msg is None:
                     break
-                await response.write(msg)
+                burst = [msg]  # what else is queued goes in the same write
+                while not watcher.queue.empty() and burst[-1] is not None:
+                    burst.append(watcher.queue.get_nowait())
+                if burst[-1] is None:
+                    break
+                await response.write(b"".join(burst))
         except (ConnectionError, RuntimeError):
             pass  # the client went away (or was dropped)
         finally:
