@@ -547,3 +547,44 @@ def test_many_streams_and_clients_that_never_read(daemon_factory):
     assert get_json(port, "/api/jobs?limit=1000")[0] == 200
     assert d.accepts()
     assert web_pid(d) == pid  # the same process throughout
+
+
+@pytest.mark.timeout(60)
+def test_web_process_speaks_curve_when_the_api_does(daemon_factory, tmp_path):
+    """With CurveZMQ on the API the web process connects with a key pair of its own,
+    which the daemon admits beside the operator's allowed clients."""
+    import zmq.auth
+
+    from supervisord.client import Client
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    keys.mkdir()
+    allowed.mkdir()
+    _, server_secret = zmq.auth.create_certificates(keys, "server")
+    client_public, client_secret = zmq.auth.create_certificates(keys, "client")
+    os.rename(client_public, allowed / "client.key")
+    free = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free.append(s.getsockname()[1])
+    endpoint = f"tcp://127.0.0.1:{free[0]}"
+    d = daemon_factory(start=False, api={
+        "endpoint": endpoint, "events": f"tcp://127.0.0.1:{free[1]}",
+        "curve_secret_key": str(server_secret), "curve_allowed_clients": str(allowed)})
+    d.endpoint = endpoint
+    d.client = lambda **kw: Client(endpoint, curve_server_key=str(keys / "server.key"),
+                                   curve_client_cert=str(client_secret), **kw)
+    d.start()
+    port = port_of(d)
+    assert get_json(port, "/healthz")[0] == 200
+    assert get_json(port, "/api/status")[0] == 200
+    stream = Stream(port)
+    try:
+        stream.head()
+        with d.client() as c:
+            jid = c.submit("noop")
+        events_until(stream, lambda m: m.get("event") == "state" and data(m)["job"] == jid
+                     and data(m)["status"] == "succeeded")
+    finally:
+        stream.close()

@@ -37,6 +37,7 @@ log = logging.getLogger("jobsup.web.stream")
 
 _LINGER = 60.0  # seconds the subscription outlives the last client
 _SETTLE = 0.1  # seconds for a new subscription to reach the master before answering
+_BATCH = 200  # events read at a time before the writers run; below any stream_queue
 
 
 def message(event_id: str, name: str, data: Any) -> bytes:
@@ -86,10 +87,12 @@ class Hub:
         self.left_at = time.monotonic()  # when the last watcher left
         self.dropped = 0  # watchers dropped for not reading, since start
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._more = False  # a batch of _readable is scheduled
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.RCVHWM, 20_000)  # bounds what waits for this process
         if settings["curve_server_key"]:
             server_public, _ = zmq.auth.load_certificate(settings["curve_server_key"])
             public, secret = zmq.auth.load_certificate(settings["curve_client_cert"])
@@ -107,22 +110,38 @@ class Hub:
         """Read events in the event loop as they come: the socket's notification fd wakes
         it, and each wake-up reads everything there is (a plain socket read to EAGAIN
         costs far less per event than an awaited receive)."""
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self._readable)
-        self._readable()
+        self._loop = loop
+        loop.add_reader(self.sub.getsockopt(zmq.FD), self._wake)
+        self._wake()
         self._tick(loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._maybe_unsubscribe()
-        self._readable()  # a wake-up can be missed while the fd is edge-triggered
+        self._wake()  # a wake-up can be missed while the fd is edge-triggered
         self._timer = loop.call_later(1.0, self._tick, loop)
 
+    def _wake(self) -> None:
+        """The fd fired (or the timer): read, unless a batch is already due, since the
+        fd fires again while a burst comes in and two chains would read twice as fast
+        as the writers write."""
+        if not self._more:
+            self._readable()
+
     def _readable(self) -> None:
+        """Up to _BATCH events, then the writers run before the next batch is read: a
+        burst (a bulk submit) must not fill the queue of a client that does read."""
+        self._more = False
         sub = self.sub
         try:
-            while sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            for _ in range(_BATCH):
+                if not sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
                 frames = sub.recv_multipart(zmq.NOBLOCK)
                 if self.subscribed and len(frames) == 2:
                     self.publish(frames[0].decode(errors="replace"), frames[1])
+            if self._loop is not None:
+                self._more = True  # one chain of batches at a time: see _wake
+                self._loop.call_soon(self._readable)
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
