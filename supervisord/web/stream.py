@@ -38,6 +38,7 @@ log = logging.getLogger("jobsup.web.stream")
 _LINGER = 60.0  # seconds the subscription outlives the last client
 _SETTLE = 0.1  # seconds for a new subscription to reach the master before answering
 _BATCH = 200  # events read at a time before the writers run; below any stream_queue
+_GATHER = 0.02  # seconds events gather before they are read: fewer, larger writes
 
 
 def message(event_id: str, name: str, data: Any) -> bytes:
@@ -88,7 +89,8 @@ class Hub:
         self.dropped = 0  # watchers dropped for not reading, since start
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._more = False  # a batch of _readable is scheduled
+        self._more = False  # a read is scheduled (and the fd not watched meanwhile)
+        self._fd = -1
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -107,12 +109,12 @@ class Hub:
 
     # -- the master's side ----------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read events in the event loop as they come: the socket's notification fd wakes
-        it, and each wake-up reads everything there is (a plain socket read to EAGAIN
-        costs far less per event than an awaited receive)."""
+        """Read events in the event loop: the socket's notification fd wakes it, and each
+        wake-up reads what there is with plain socket calls (far cheaper per event than
+        an awaited receive)."""
         self._loop = loop
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self._wake)
-        self._wake()
+        self._fd = self.sub.getsockopt(zmq.FD)
+        self._readable()
         self._tick(loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -121,31 +123,38 @@ class Hub:
         self._timer = loop.call_later(1.0, self._tick, loop)
 
     def _wake(self) -> None:
-        """The fd fired (or the timer): read, unless a batch is already due, since the
-        fd fires again while a burst comes in and two chains would read twice as fast
-        as the writers write."""
-        if not self._more:
-            self._readable()
+        """The fd fired (or the timer): stop watching it and read _GATHER seconds later,
+        so that a busy daemon's events are read, and written on, in batches rather than
+        one wake-up each."""
+        if self._more or self._loop is None:
+            return
+        self._more = True
+        self._loop.remove_reader(self._fd)
+        self._loop.call_later(_GATHER, self._readable)
 
     def _readable(self) -> None:
-        """Up to _BATCH events, then the writers run before the next batch is read: a
-        burst (a bulk submit) must not fill the queue of a client that does read."""
+        """Up to _BATCH events, then the writers run before the next batch is read (a
+        burst such as a bulk submit must not fill the queue of a client that reads);
+        once the socket is empty, watch its fd again."""
+        assert self._loop is not None
         self._more = False
         sub = self.sub
         try:
             for _ in range(_BATCH):
                 if not sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    return
+                    break
                 frames = sub.recv_multipart(zmq.NOBLOCK)
                 if self.subscribed and len(frames) == 2:
                     self.publish(frames[0].decode(errors="replace"), frames[1])
-            if self._loop is not None:
-                self._more = True  # one chain of batches at a time: see _wake
+            else:
+                self._more = True
                 self._loop.call_soon(self._readable)
+                return
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
             log.warning("event socket: %s", exc)
+        self._loop.add_reader(self._fd, self._wake)
 
     def publish(self, job: str, body: bytes) -> None:
         try:
@@ -169,9 +178,11 @@ class Hub:
         self.leave(w)
         w.drop()
 
-    async def _subscribe(self) -> None:
+    def _subscribe(self) -> bool:
+        """Subscribe unless subscribed; True if this call did (the caller then gives the
+        subscription _SETTLE seconds to reach the master)."""
         if self.subscribed:
-            return
+            return False
         # What came while unsubscribed was never seen: skip a number, so that an id
         # given before cannot resume across the gap (it gets a reset instead).
         if self.seq:
@@ -179,7 +190,7 @@ class Hub:
         self.ring.clear()
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.subscribed = True
-        await asyncio.sleep(_SETTLE)
+        return True
 
     def _maybe_unsubscribe(self) -> None:
         if self.subscribed and not self.watchers and time.monotonic() - self.left_at > _LINGER:
@@ -192,19 +203,22 @@ class Hub:
 
     async def join(self, job: str | None, last_id: str | None) -> tuple[Watcher, list[bytes]]:
         """A new watcher and what to send it first: the replay after ``last_id``, or a
-        reset when that id is not held."""
-        await self._subscribe()
+        reset when that id is not held.  Joined and replayed in one step (no await in
+        between), so that nothing is missed or sent twice, and counted at once against
+        max_streams."""
+        new = self._subscribe()
         w = Watcher(job, self.queue_size)
         self.watchers.add(w)
-        if last_id is None:
-            return w, []
-        held = self.after(last_id, job)
-        if held is None:
-            return w, [message(self.last_id, "reset", {
+        first: list[bytes] = []
+        if last_id is not None:
+            held = self.after(last_id, job)
+            first = held if held is not None else [message(self.last_id, "reset", {
                 "reason": f"event {last_id[:80]} is no longer held here (the stream "
                           "restarted or moved on); refetch the current state",
                 "last_id": self.last_id})]
-        return w, held
+        if new:
+            await asyncio.sleep(_SETTLE)
+        return w, first
 
     def after(self, last_id: str, job: str | None) -> list[bytes] | None:
         boot, _, n = last_id.strip().rpartition("-")
@@ -226,7 +240,7 @@ class Hub:
         if self._timer is not None:
             self._timer.cancel()
         with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.sub.getsockopt(zmq.FD))
+            asyncio.get_running_loop().remove_reader(self._fd)
         for w in list(self.watchers):
             self.leave(w)
             with contextlib.suppress(asyncio.QueueFull):
