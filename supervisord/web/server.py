@@ -15,7 +15,6 @@ import hmac
 import json
 import logging
 import mimetypes
-import os
 import re
 import socket
 import sys
@@ -399,9 +398,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s jobsup-web %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # Below the master and the workers: on a busy box the HTTP side gets what is left
-    # (streams lag, and a client that falls too far behind is dropped and replays).
-    os.nice(10)
     settings = json.loads(sys.stdin.read())
     sock = socket.socket(fileno=int(sys.argv[1]))
     server = Server(settings)
