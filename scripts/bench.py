@@ -43,8 +43,10 @@ def _free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, workers: int = 2, tcp: bool = False) -> None:
+    def __init__(self, workdir: Path, workers: int = 2, tcp: bool = False,
+                 listen: str = "") -> None:
         self.dir = workdir
+        self.listen = listen  # metrics.listen: "" = no HTTP side
         if tcp:
             self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
             self.events = f"tcp://127.0.0.1:{_free_port()}"
@@ -68,7 +70,7 @@ appendfsync = "everysec"
 endpoint = "{self.endpoint}"
 events = "{self.events}"
 [metrics]
-listen = ""
+listen = "{self.listen}"
 [[pools]]
 name = "default"
 workers = {workers}

@@ -55,11 +55,12 @@ class Control:
 
     def __init__(self, shutdown: Callable[[bool, str], None], reload: Callable[[], list],
                  facts: Callable[[], Callable[[], dict]],
-                 describe: Callable[[dict], dict]) -> None:
+                 describe: Callable[[dict], dict], metrics: Callable[[], str]) -> None:
         self.shutdown = shutdown
         self.reload = reload
         self.facts = facts  # status's Redis reads (off the loop)
         self.describe = describe  # status from those facts and the loop's own state
+        self.metrics = metrics  # the registry's Prometheus text
 
 
 class Api:
@@ -336,7 +337,13 @@ class Api:
     def op_ping(self, identity: bytes, rid: Any, req: protocol.Ping) -> None:
         self.reply(identity, rid, protocol.PingReply(
             node=self.settings.node, pid=os.getpid(), version=protocol.PROTOCOL_VERSION,
-            events=self.settings.cfg.api.events, max_message=self.settings.cfg.api.max_message))
+            events=self.settings.cfg.api.events, max_message=self.settings.cfg.api.max_message,
+            accepting=self.phase.running, redis_up=self.writer.up))
+
+    def op_metrics(self, identity: bytes, rid: Any, req: protocol.Metrics) -> None:
+        """In the loop, like a scrape of the old in-process server (which held the GIL as
+        long): a few hundred samples, about a millisecond, once per scrape."""
+        self.reply(identity, rid, protocol.MetricsReply(text=self.control.metrics()))
 
     def op_shutdown(self, identity: bytes, rid: Any, req: protocol.Shutdown) -> None:
         self.control.shutdown(req.fast, "stop requested over the API")

@@ -174,6 +174,25 @@ class MetricsConfig(_Model):
         return self
 
 
+class WebConfig(_Model):
+    """The HTTP side on ``metrics.listen`` (status page, JSON, event stream)."""
+
+    actions: bool = False  # cancel, dead-letter retry and purge over HTTP
+    token: str = ""  # what POSTs must carry in X-Jobsup-Token when actions is true
+    max_streams: Annotated[int, Field(ge=1, le=100_000)] = 256  # /api/events clients at once
+    replay: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000  # events held for Last-Event-ID
+    stream_queue: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000  # per client, then dropped
+    heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0  # seconds between ": ping"
+
+    @model_validator(mode="after")
+    def _token(self) -> WebConfig:
+        if self.actions and not self.token:
+            raise ValueError("actions = true needs a token (POSTs must send it in "
+                             "X-Jobsup-Token); generate a long random one with "
+                             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return self
+
+
 class PoolConfig(_Model):
     name: str = Field(pattern=r"^[\w.\-]+$")
     workers: Annotated[int, Field(ge=0, le=1024)] = Field(
@@ -264,6 +283,7 @@ class Config(_Model):
     redis: RedisConfig = RedisConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig(name="default")])
     jobs: dict[str, JobTypeConfig] = Field(default_factory=_demo_jobs)
 
@@ -311,7 +331,7 @@ def _loc(loc: tuple) -> str:
 
 
 # A cross-reference check names the key it is about: "jobs.x.pool: no pool named ...".
-_KEYED_MSG = re.compile(r"^((?:jobs|pools|daemon|redis|api|metrics)[\w.\-\[\]]*): (.+)$",
+_KEYED_MSG = re.compile(r"^((?:jobs|pools|daemon|redis|api|metrics|web)[\w.\-\[\]]*): (.+)$",
                         re.DOTALL)
 
 

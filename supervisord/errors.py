@@ -74,6 +74,24 @@ class Unauthorized(JobsupError):
     code = "unauthorized"
 
 
+class ActionsDisabled(JobsupError):
+    """Raised by the HTTP side for a POST while ``[web] actions`` is false."""
+
+    code = "actions_disabled"
+
+
+class BadToken(Unauthorized):
+    """Raised by the HTTP side for a POST without the right ``X-Jobsup-Token``."""
+
+    code = "bad_token"
+
+
+class TooManyStreams(Unavailable):
+    """Raised by the HTTP side when ``[web] max_streams`` event streams are open."""
+
+    code = "too_many_streams"
+
+
 class BadRequest(JobsupError):
     """Raised when a request frame is malformed or names an unknown operation."""
 

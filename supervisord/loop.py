@@ -64,6 +64,7 @@ from supervisord.states import Phase, WorkerState
 from supervisord.status import Sources, describe, queue_depths, redis_reads
 from supervisord.waiters import Waiters
 from supervisord.web.metrics import Metrics
+from supervisord.web.process import WebProcess
 from supervisord.wire.api import SubmitReply
 from supervisord.writer import Commit, Failure, Writer
 
@@ -86,6 +87,7 @@ class Master:
         self.signals = SignalReceiver()
         self.poller = Poller()
         self.embedded: EmbeddedRedis | None = None
+        self.web: WebProcess | None = None
         self.timers: dict[str, float] = {}
         self.next_timer = 0.0  # the earliest of ``timers``
         self._errors: list[float] = []
@@ -178,8 +180,9 @@ class Master:
                 wake.append(deadline)
         if not self.writer.up:
             wake.append(self.writer.retry_at)
-        if self.embedded is not None and self.embedded.restart_at is not None:
-            wake.append(self.embedded.restart_at)
+        for child in (self.embedded, self.web):
+            if child is not None and child.restart_at is not None:
+                wake.append(child.restart_at)
         wall = [t for t in (self.scheduler.next_due, self.jobs.next_start_write) if t]
         if wall:
             wake.append(now + max(0.0, min(wall) - time.time()))
@@ -199,6 +202,8 @@ class Master:
         host.announce(cfg, self.host)
         self.cgroups = Cgroups.setup(self.host.cgroup_base) if self.host.cgroup_base else None
         orphans.kill_leftovers(cfg.state_path)  # before their jobs are requeued below
+        if cfg.metrics.listen:  # bound first: a port in use stops start-up at once
+            self.web = WebProcess(cfg, settings.node)
         url = cfg.redis.url
         if url == "embedded":
             self.embedded = EmbeddedRedis(cfg.state_path, cfg.redis.appendfsync,
@@ -216,7 +221,10 @@ class Master:
         self.expire_queued()
         self.writer.ok()
         self.metrics.redis_up.set(1)
-        self.metrics.serve(cfg.metrics.listen)
+        if self.web is not None:
+            self.metrics.port = self.web.port
+            self.web.spawn()
+            self.poller.add(self.web.pidfd)
         self.workers.reconcile(accepting=True)
         # What start-up built (modules, config, schemas, scripts) lives as long as the
         # daemon: keep the garbage collector from walking it again on every full pass.
@@ -238,7 +246,8 @@ class Master:
         self.api_sock = self.zmq.socket(zmq.ROUTER)
         events_sock = self.zmq.socket(zmq.XPUB)
         events_sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        secure_api(cfg.api, self.zmq, (self.api_sock, events_sock))
+        secure_api(cfg.api, self.zmq, (self.api_sock, events_sock),
+                   own_clients=[self.web.curve_public] if self.web else [])
         self.api_sock.setsockopt(zmq.LINGER, 500)
         self.api_sock.setsockopt(zmq.MAXMSGSIZE, cfg.api.max_message)
         events_sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -282,7 +291,7 @@ class Master:
         self.api = Api(self.api_sock, settings, self.store, IdGenerator(), self.phase,
                        self.writer, self.scheduler, self.jobs, self.waiters,
                        Control(self.shutdown.begin, self.reload, self.status_facts,
-                               self.describe), self.reads)
+                               self.describe, m.text), self.reads)
         # A ZeroMQ socket's fd signals only new messages once a read has found it empty:
         # read the monitor empty now, so that its first event wakes the loop.
         self.read_disconnects()
@@ -297,6 +306,8 @@ class Master:
 
     def close(self) -> None:
         self.systemd.begin_stop()
+        if self.web is not None:
+            self.web.stop()  # first: its requests would only fail from here on
         if hasattr(self, "reads"):
             self.reads.close()  # before the node key goes: no heartbeat may follow it
         if hasattr(self, "writer"):
@@ -422,11 +433,15 @@ class Master:
             self.results.exited(self.workers.by_pidfd[fd])
         if self.embedded is not None and self.embedded.pidfd in ready:
             self.redis_exited()
+        if self.web is not None and self.web.pidfd in ready:
+            self.poller.remove(self.web.pidfd)
+            self.web.exited(time.monotonic())
         if self.signals.child_exited:
             self.signals.child_exited = False
             known = {w.pid for w in self.workers.all()}
-            if self.embedded and self.embedded.proc:
-                known.add(self.embedded.proc.pid)
+            for child in (self.embedded, self.web):
+                if child is not None and child.proc is not None:
+                    known.add(child.proc.pid)
             process.reap_orphans(known)
 
     def handle_signals(self, ready: dict) -> None:
@@ -638,6 +653,8 @@ class Master:
         now = time.monotonic()
         if self.embedded is not None and self.embedded.restart_due(now):
             self.restart_redis()
+        if self.web is not None and self.web.restart_due(now) and self.web.restart(now):
+            self.poller.add(self.web.pidfd)
         deadline = self.watchdog.next_deadline()
         if deadline is not None and now >= deadline:
             # Heartbeats that came while this pass was blocked are not read yet.
@@ -776,11 +793,11 @@ class Master:
         old = self.settings.cfg
         try:
             new = config_mod.load(self.config_path)
-            for name in ("redis", "api", "metrics"):
+            for name in ("redis", "api", "metrics", "web"):
                 if getattr(new, name) != getattr(old, name):
                     log.warning("reload: [%s] changed; that takes a restart", name)
             new = new.model_copy(update={
-                "redis": old.redis, "api": old.api, "metrics": old.metrics,
+                "redis": old.redis, "api": old.api, "metrics": old.metrics, "web": old.web,
                 "daemon": new.daemon.model_copy(update={
                     "node_id": old.daemon.node_id, "state_dir": old.daemon.state_dir})})
             settings = Settings.build(new)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +14,10 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
 
 from supervisord import __version__
-
-log = logging.getLogger("jobsup.metrics")
 
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -102,11 +99,6 @@ class Metrics:
                 self.duration.labels(job_type), self.queue_wait.labels(job_type))
         return found
 
-    def serve(self, listen: str) -> None:
-        if not listen:
-            return
-        host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"),
-                                            registry=self.registry)
-        self.port = server.server_address[1]
-        log.info("metrics on http://%s:%d/metrics", host, self.port)
+    def text(self) -> str:
+        """The registry in Prometheus text format (the web process serves it)."""
+        return generate_latest(self.registry).decode()

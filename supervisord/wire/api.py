@@ -143,6 +143,12 @@ class Ping(_Request):
     op: Literal["ping"]
 
 
+class Metrics(_Request):
+    """The master's Prometheus text, for the web process's /metrics."""
+
+    op: Literal["metrics"]
+
+
 class Shutdown(_Request):
     """Stop the daemon, as SIGTERM does (SIGQUIT with ``fast``) (``ShutdownReply``)."""
 
@@ -158,12 +164,12 @@ class Reload(_Request):
 
 Request = Annotated[
     Submit | SubmitMany | Get | Wait | Cancel | Jobs | DeadLetters | Status | Ping | Shutdown
-    | Reload | Logs,
+    | Reload | Logs | Metrics,
     Field(discriminator="op"),
 ]
 _REQUEST = TypeAdapter(Request)
 OPERATIONS = ("submit", "submit_many", "get", "wait", "cancel", "jobs", "dlq", "status",
-              "ping", "shutdown", "reload", "logs")
+              "ping", "shutdown", "reload", "logs", "metrics")
 
 
 # -- replies ---------------------------------------------------------------------------
@@ -214,6 +220,12 @@ class PingReply(TypedDict):
     version: int  # the protocol version it speaks
     events: str  # the events (PUB) endpoint, api.events
     max_message: int  # api.max_message: clients refuse larger requests before sending
+    accepting: bool  # the daemon takes submits (not draining or stopping)
+    redis_up: bool  # the master's Redis answers (as its last write or read found it)
+
+
+class MetricsReply(TypedDict):
+    text: str  # Prometheus text exposition format
 
 
 class ShutdownReply(TypedDict):
