@@ -9,7 +9,6 @@ tests, not skip them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -121,22 +120,12 @@ def browser(base: str, directory: Path) -> Iterator[Page]:
     driver = chrome(directory)
     driver_pid = driver.service.process.pid
     try:
-        driver.set_window_size(WIDTH, HEIGHT)
+        # The viewport itself WIDTH x HEIGHT (a window size would include the frame).
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
         yield Page(driver, base, directory)
     finally:
         with contextlib.suppress(Exception):
             driver.quit()
         kill_tree(driver_pid)
 
-
-def fetch_json(page: Page, path: str, method: str = "GET", headers: dict | None = None) -> dict:
-    """A request made from inside the page (same origin), as its script would make it."""
-    return page.driver.execute_async_script(
-        """const [path, method, headers, done] = arguments;
-        fetch(path, {method, headers}).then(async r => done({status: r.status,
-            body: await r.text()})).catch(e => done({status: 0, body: String(e)}));""",
-        path, method, headers or {}) | {"json": None}
-
-
-def parse(reply: dict) -> Any:
-    return json.loads(reply["body"])

@@ -693,13 +693,12 @@
       h("td", { class: "num" }, r ? perSecond(r.succeeded) : dash),
       h("td", { class: "num" }, r ? perSecond(r.failed) : dash),
       h("td", { class: "num" }, r ? perSecond(r.retried) : dash),
-      h("td", { class: "num" }, num(counts.submitted)),
       h("td", { class: "num" }, num(counts.succeeded)),
       h("td", { class: "num" }, num(counts.failed)));
     const rows = names.map((n) => row(n, st.types[n], rates((x) => x.types[n])));
     if (names.length > 1) rows.push(row("all", st.counts || {}, totals));
     fill("types", table([["Type"], ["In/s", "num"], ["Done/s", "num"], ["Failed/s", "num"],
-      ["Retried/s", "num"], ["Submitted", "num"], ["Succeeded", "num"], ["Failed", "num"]],
+      ["Retried/s", "num"], ["Succeeded", "num"], ["Failed", "num"]],
     rows, "No jobs since the daemon started."));
     fill("types-extra", S.readings.length > 1
       ? "rates over the last " + dur(S.readings[S.readings.length - 1].t - S.readings[0].t)
