@@ -170,3 +170,19 @@ def whoami(payload: dict | None, ctx: JobContext) -> int:
 
     time.sleep(float((payload or {}).get("sleep", 0)))
     return os.getpid()
+
+
+def stepper(payload: dict, ctx: JobContext) -> dict:
+    """Works in ``steps`` steps of ``interval`` seconds, reporting progress, printing a
+    line (captured output) and emitting one (live output) at each; stops when cancelled."""
+    import time
+
+    steps, interval = int(payload.get("steps", 10)), float(payload.get("interval", 0.5))
+    for n in range(1, steps + 1):
+        if ctx.cancelled:
+            return {"done": n - 1, "cancelled": True}
+        time.sleep(interval)
+        print(f"printed step {n}", flush=True)
+        ctx.emit(f"emitted step {n}\n")
+        ctx.progress(100 * n / steps, f"step {n} of {steps}")
+    return {"done": steps}
