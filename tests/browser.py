@@ -58,6 +58,17 @@ class Page:
                                      f"(screenshot {path}); page text:\n{self.text()[:3000]}")
             time.sleep(0.1)
 
+    def click(self, css: str, timeout: float = 15.0) -> None:
+        """Click the element once it is there; the page re-renders live, so an element
+        replaced between finding and clicking it is found again."""
+        def clicked() -> bool:
+            el = self.one(css)
+            if el is None:
+                return False
+            el.click()
+            return True
+        self.wait(clicked, timeout, css)
+
     def all(self, css: str) -> list[WebElement]:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 

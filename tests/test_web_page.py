@@ -187,11 +187,10 @@ def test_cancel_retry_and_purge_from_the_page_need_the_token(daemon_factory, ope
 
         page = open_page(d)
         page.open(f"#/job/{job}")
-        page.wait(lambda: page.one("#job-head button.cancel"), what="the cancel button")
-        page.one("#job-head button.cancel").click()
+        page.click("#job-head button.cancel")
         page.wait(lambda: page.one("#ask").is_displayed(), what="the confirm dialog")
         page.one("#ask-token").send_keys("not-the-token")
-        page.one("#ask-yes").click()
+        page.click("#ask-yes")
         page.wait(lambda: "Refused" in page.text("#ask-error"), what="the refusal")
         assert "does not match" in page.text("#ask-error")
         assert c.get(job).status == "running" and not c.get(job).model_extra.get(
@@ -200,7 +199,7 @@ def test_cancel_retry_and_purge_from_the_page_need_the_token(daemon_factory, ope
         page.shot("cancel-refused")
 
         page.one("#ask-token").send_keys(TOKEN)
-        page.one("#ask-yes").click()
+        page.click("#ask-yes")
         page.wait(lambda: not page.one("#ask").is_displayed(), what="the dialog to close")
         assert c.wait(job, timeout=30).status == "cancelled"
         page.wait(lambda: "cancelled" in status_in(page, "#job-head"), 15,
@@ -210,20 +209,18 @@ def test_cancel_retry_and_purge_from_the_page_need_the_token(daemon_factory, ope
         failed = c.submit("fail", {"how": "permanent"})
         c.wait(failed, timeout=20)
     page.open("#/dlq")
-    page.wait(lambda: page.one(f'#dlq tr[data-job="{failed}"] button'), what="a retry button")
-    page.one(f'#dlq tr[data-job="{failed}"] button').click()
+    page.click(f'#dlq tr[data-job="{failed}"] button')
     page.wait(lambda: page.one("#ask").is_displayed(), what="the confirm dialog")
     assert not page.one("#ask-token").is_displayed()
-    page.one("#ask-yes").click()
+    page.click("#ask-yes")
     page.wait(lambda: "Retried 1" in page.text("#toast"), what="the retry reply")
     with d.client() as c:
         wait_for(lambda: c.get(failed).attempt >= 1 and c.get(failed).status == "failed"
                  and len([e for e in c.get(failed).history if e["status"] == "queued"]) == 2,
                  20, what="the retried job to run and fail again")
-    page.wait(lambda: page.one("#purge"), what="the purge button")
-    page.one("#purge").click()
+    page.click("#purge")
     page.wait(lambda: page.one("#ask").is_displayed(), what="the confirm dialog")
-    page.one("#ask-yes").click()
+    page.click("#ask-yes")
     page.wait(lambda: "The dead-letter set is empty" in page.text("#dlq"), 15, "an empty set")
     assert page.script_errors() == []
 
@@ -247,6 +244,7 @@ def test_page_says_when_redis_or_the_daemon_is_down_and_recovers(daemon_factory,
     try:
         page.wait(lambda: "does not answer" in page.text("#banner"), 30, "the daemon banner")
         assert page.one('[data-live-status].stale'), "old figures are not marked as old"
+        assert page.one('#live[data-state="stale"]'), "a daemon that does not answer is not live"
         page.shot("daemon-stopped")
     finally:
         d.signal(signal.SIGCONT)

@@ -537,8 +537,11 @@
       if (info) bits.push("v" + info.version, info.actions ? "actions on" : "read-only");
       fill("facts", bits.filter(Boolean).join(" \u00b7 "));
       const el = document.getElementById("live");
-      el.dataset.state = live;
-      el.textContent = { live: "live", connecting: "reconnecting", down: "stream down" }[live];
+      // An open stream from a daemon that does not answer is not live: nothing comes on it.
+      const shown = live === "live" && S.statusError ? "stale" : live;
+      el.dataset.state = shown;
+      el.textContent = { live: "live", stale: "no answer", connecting: "reconnecting",
+        down: "stream down" }[shown];
       fill("dlq-count", st && st.dead_letters ? num(st.dead_letters) : "");
       RENDER.banner();
     },
