@@ -128,6 +128,7 @@ class Master:
         if self.phase.running and not self.writer.saturated():
             self.scheduler.dispatch()
         self.send_writes()
+        self.events.flush()
         self.note_slow_pass()
         self.systemd.after_pass()  # only a completed pass pings the systemd watchdog
 
@@ -321,6 +322,8 @@ class Master:
                 self.workers.kill(w)
                 w.child.popen.wait()
                 self.workers.forget(w)
+        if hasattr(self, "events"):
+            self.events.flush()  # the last transitions and the phase "done"
         if hasattr(self, "zmq"):
             self.zmq.destroy(linger=200)
             remove_bound(self.bound)

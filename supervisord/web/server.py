@@ -38,7 +38,7 @@ from supervisord.errors import (
 )
 from supervisord.states import JobStatus
 from supervisord.web.backend import Backend
-from supervisord.web.stream import Hub
+from supervisord.web.stream import Hub, to_json
 
 log = logging.getLogger("jobsup.web")
 
@@ -62,7 +62,7 @@ _ENDPOINTS = ("GET /, /healthz, /readyz, /metrics, /api/info, /api/status, /api/
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, default=str), status=status,
+    return web.Response(body=to_json(data), status=status,
                         content_type="application/json", charset="utf-8")
 
 
