@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from supervisord.errors import ConfigError
 from supervisord.policies.circuit import CircuitBreaker
 from supervisord.policies.retry import Backoff
+from supervisord.redis import sentinel
 from supervisord.states import FailureKind
 
 _UNITS = {
@@ -94,13 +95,31 @@ class RedisConfig(_Model):
     # Transitions held while Redis is away; past it, progress is coalesced and no
     # further held job is started until Redis is back.
     outage_buffer: Annotated[int, Field(ge=100)] = 50_000
+    # Replicas that must have each write before it is acknowledged (WAIT), and how
+    # long a write may wait for them before it fails as Unavailable.
+    min_replicas: Annotated[int, Field(ge=0, le=100)] = 0
+    replica_timeout: Annotated[float, Field(gt=0)] = 1.0
 
     @model_validator(mode="after")
     def _scheme(self) -> RedisConfig:
         if self.url != "embedded" and not self.url.startswith(
-            ("redis://", "rediss://", "unix://")
+            ("redis://", "rediss://", "unix://", *sentinel.SCHEMES)
         ):
-            raise ValueError("url must be 'embedded' or start with redis://, rediss:// or unix://")
+            raise ValueError("url must be 'embedded' or start with redis://, rediss://, "
+                             "unix://, redis+sentinel:// or rediss+sentinel://")
+        if sentinel.is_sentinel(self.url):
+            try:
+                sentinel.parse(self.url)
+            except ValueError as exc:
+                raise ValueError(f"url: {exc}") from None
+        if self.min_replicas and self.url == "embedded":
+            raise ValueError("min_replicas: the embedded Redis has no replicas; set "
+                             "min_replicas = 0, or point redis.url at a Redis with replicas "
+                             "(redis+sentinel://...)")
+        if self.replica_timeout >= self.socket_timeout:
+            raise ValueError(f"replica_timeout ({self.replica_timeout:g}s) must be "
+                             f"shorter than socket_timeout ({self.socket_timeout:g}s): "
+                             "a write waiting for replicas would count as Redis not answering")
         if not self.persist and self.url != "embedded":
             raise ValueError("persist = false applies to the embedded Redis only; an external "
                              "Redis keeps its own persistence settings: remove persist or set "

@@ -52,6 +52,7 @@ from supervisord.redis.connect import connect
 from supervisord.redis.embedded import EmbeddedRedis
 from supervisord.redis.nodes import NodeRegistry
 from supervisord.redis.reader import Reads
+from supervisord.redis.replicas import Replicas
 from supervisord.redis.store import Store
 from supervisord.results import Results
 from supervisord.scheduler import Scheduler
@@ -212,7 +213,8 @@ class Master:
             self.embedded.start()
             self.poller.add(self.embedded.pidfd)
             url = self.embedded.url
-        self.store = Store(connect(url, cfg.redis), cfg.redis.prefix, settings.node)
+        self.store = Store(connect(url, cfg.redis), cfg.redis.prefix, settings.node,
+                           Replicas(cfg.redis.min_replicas, cfg.redis.replica_timeout))
         self.nodes = NodeRegistry(self.store, cfg.daemon.node_ttl)
         self.nodes.claim()
         recovered = self.store.recover(settings.node, "interrupted")

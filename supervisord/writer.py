@@ -27,6 +27,7 @@ import redis
 
 from supervisord.clock import SYSTEM, Clock
 from supervisord.redis.pipe import RedisPipe
+from supervisord.redis.replicas import ReplicasBehind
 from supervisord.redis.store import Applied, NewJob, Op, Store, lacks_scripts
 from supervisord.settings import Settings
 
@@ -244,6 +245,11 @@ class Writer:
                 self.resend(taken, out)
                 return out
             try:
+                replies = self.store.replicas.confirmed(replies)
+            except ReplicasBehind as exc:  # as if its reply were lost: so are those after it
+                self.pipe.disconnect()
+                return [*out, *self.lose(exc), Failure(taken, exc)]
+            try:
                 created, applied = self.store.parse_write(replies, had_submits, taken.ops)
             except redis.RedisError as exc:
                 out.append(Failure(taken, exc))
@@ -268,6 +274,12 @@ class Writer:
             if lacks_scripts(replies):  # sent with the same lost scripts
                 again.append(later)
             else:
+                try:
+                    replies = self.store.replicas.confirmed(replies)
+                except ReplicasBehind:  # sent again below; what it reserved is re-checked
+                    again.append(later)
+                    self.resync = True
+                    continue
                 out.append(Commit(later, wants,
                                   *self.store.parse_write(replies, had_submits, later.ops)))
         for batch in reversed(again):

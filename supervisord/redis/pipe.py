@@ -178,6 +178,12 @@ class RedisPipe:
             if not self._read():
                 self._wait(select.POLLIN)
         replies = [self.replies.popleft() for _ in range(expected)]
+        if any(isinstance(reply, redis.exceptions.ReadOnlyError) for reply in replies):
+            # A failover made this server a replica: nothing was written; the next
+            # connection asks for the master again (Sentinel) and the write goes again.
+            self.disconnect()
+            raise redis.ConnectionError("the Redis written to is now a read-only replica "
+                                        "(a failover?); connecting to the master again")
         self.sent_at.popleft()
         return replies, self.inflight.popleft()[1]
 
@@ -236,4 +242,6 @@ _MORE = object()  # hiredis: not enough data for a whole reply yet
 def _reply_error(message: str) -> redis.ResponseError:
     if message.startswith("NOSCRIPT"):
         return redis.exceptions.NoScriptError(message)
+    if message.startswith("READONLY"):
+        return redis.exceptions.ReadOnlyError(message)
     return redis.ResponseError(message)

@@ -19,6 +19,7 @@ import redis
 
 from supervisord.redis.keys import Keys
 from supervisord.redis.pipe import RedisPipe, read_pipelined
+from supervisord.redis.replicas import NO_REPLICAS, Replicas
 from supervisord.redis.scripts import RESERVED_FIELDS, OpArgs
 from supervisord.states import TERMINAL
 
@@ -172,8 +173,10 @@ def _script(name: str) -> str:
 class Store:
     """The jobsup data model over a redis-py client."""
 
-    def __init__(self, client: redis.Redis, prefix: str, node: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, node: str,
+                 replicas: Replicas = NO_REPLICAS) -> None:
         self.r = client
+        self.replicas = replicas
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.node = node
@@ -194,9 +197,15 @@ class Store:
 
     def call(self, name: str, argv: list) -> Any:
         """One script call, outside the loop's writes (recover, cancel, janitor, dlq)."""
+        wait = self.replicas.command()
         for attempt in (1, 2):
             try:
-                return self.r.evalsha(self.sha[name], 0, *argv)
+                if wait is None:
+                    return self.r.evalsha(self.sha[name], 0, *argv)
+                with self.r.pipeline(transaction=False) as pipe:  # one connection: WAIT
+                    pipe.evalsha(self.sha[name], 0, *argv)  # covers the call before it
+                    pipe.execute_command(*wait)
+                    return self.replicas.confirmed(pipe.execute())[0]
             except redis.exceptions.NoScriptError as exc:
                 if attempt == 2 or not self.scripts_missing([exc]):
                     raise
@@ -242,6 +251,9 @@ class Store:
             if op.record:  # plain reads after the script: far cheaper than inside Lua
                 commands.append(("HGETALL", self.keys.job(op.id)))
                 commands.append(("LRANGE", self.keys.history(op.id), 0, -1))
+        wait = self.replicas.command()
+        if wait is not None:  # last: its reply says the replicas have all of the above
+            commands.append(wait)
         return commands
 
     @staticmethod
@@ -293,7 +305,7 @@ class Store:
                 raise
             if attempt == 2 or not self.scripts_missing(replies):
                 break
-        return self.parse_write(replies, bool(submits), ops)
+        return self.parse_write(self.replicas.confirmed(replies), bool(submits), ops)
 
     def scripts_missing(self, replies: list) -> bool:
         """The one NOSCRIPT path: Redis lost its script cache (a restart or a failover),
