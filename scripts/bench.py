@@ -44,8 +44,9 @@ def _free_port() -> int:
 
 class Daemon:
     def __init__(self, workdir: Path, workers: int = 2, tcp: bool = False,
-                 listen: str = "") -> None:
+                 listen: str = "", redis: str = 'url = "embedded"') -> None:
         self.dir = workdir
+        self.redis = redis  # the [redis] section's lines
         self.listen = listen  # metrics.listen: "" = no HTTP side
         if tcp:
             self.endpoint = f"tcp://127.0.0.1:{_free_port()}"
@@ -64,8 +65,7 @@ node_id = "bench"
 state_dir = "{self.dir}/state"
 shutdown_grace = 10
 [redis]
-url = "embedded"
-appendfsync = "everysec"
+{self.redis}
 [api]
 endpoint = "{self.endpoint}"
 events = "{self.events}"
