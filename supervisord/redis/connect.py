@@ -18,6 +18,7 @@ from redis.sentinel import Sentinel
 from supervisord.config import RedisConfig
 from supervisord.errors import Unavailable
 from supervisord.redis import sentinel
+from supervisord.redis.replicas import Replicas, ReplicasBehind
 
 log = logging.getLogger("jobsup.master")
 
@@ -29,11 +30,20 @@ def connect(url: str, rc: RedisConfig, wait: float = 30.0) -> redis.Redis:
     else:
         client = redis.Redis.from_url(url, socket_timeout=rc.socket_timeout,
                                       socket_connect_timeout=rc.socket_timeout)
+    replicas = Replicas(rc.min_replicas, rc.replica_timeout)
     deadline = time.monotonic() + wait
     while True:
         try:
             client.ping()
+            if replicas.wanted:  # a WAIT after no write: how many replicas are attached
+                replicas.confirmed([client.execute_command(*replicas.command())])
             return client
+        except ReplicasBehind as exc:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Redis at {safe_url(url)}: {exc}; start its replicas "
+                                  "(or lower redis.min_replicas)") from None
+            log.warning("waiting for replicas of Redis at %s: %s", safe_url(url), exc)
+            time.sleep(1)
         except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
             raise Unavailable(f"Redis at {safe_url(url)} refused jobsup's credentials "
                               f"({exc}); fix the user/password in redis.url") from None
