@@ -116,7 +116,7 @@ class RedisConfig(_Model):
             raise ValueError("min_replicas: the embedded Redis has no replicas; set "
                              "min_replicas = 0, or point redis.url at a Redis with replicas "
                              "(redis+sentinel://...)")
-        if self.replica_timeout >= self.socket_timeout:
+        if self.min_replicas and self.replica_timeout >= self.socket_timeout:
             raise ValueError(f"replica_timeout ({self.replica_timeout:g}s) must be "
                              f"shorter than socket_timeout ({self.socket_timeout:g}s): "
                              "a write waiting for replicas would count as Redis not answering")
