@@ -12,6 +12,8 @@ master still has one to confirm writes to.
 - With its replicas gone, the master alone cannot confirm a write:
   submits fail with ``Unavailable`` naming ``redis.min_replicas``, and work
   again once a replica is back.
+- A write that reaches a demoted master (READONLY) drops the connection, so the
+  next one asks the sentinels for the master again.
 - A bad ``redis+sentinel://`` URL is a config error that says what is wrong.
 """
 
@@ -32,6 +34,7 @@ import redis
 from supervisord.config import validate
 from supervisord.errors import ConfigError, JobsupError, Unavailable
 from supervisord.redis.embedded import find_server
+from supervisord.redis.pipe import RedisPipe
 from tests.conftest import Daemon, wait_for
 from tests.test_redis_faults import Load, _back_within, _outcome_problems
 
@@ -220,6 +223,37 @@ def test_min_replicas_refuses_what_no_replica_confirmed(daemon_factory, sentinel
         # A replica back: confirmed writes, so submits go through again.
         sentinels.server(sentinels.replica_ports[0], replica_of=sentinels.master_port)
     assert _back_within(d, 30) is not None, d.log.read_text()[-3000:]
+
+
+@pytest.mark.timeout(30)
+def test_a_write_to_a_demoted_master_reconnects(tmp_path: Path):
+    """A failover can leave the write pipe on a server that is now a replica: its writes
+    get READONLY.  Nothing was written, so the pipe drops the connection (the next one
+    asks the sentinels again) and the write counts as lost, to be sent again."""
+    servers = SentinelSet(tmp_path / "servers")
+    other = _free_port()
+    try:
+        servers.server(servers.master_port)
+        servers.server(other)
+        client = redis.Redis(port=servers.master_port, socket_timeout=2)
+        wait_for(lambda: _answers(client) and _answers(redis.Redis(port=other)), 10, 0.05,
+                 "both redis-servers to answer")
+        pipe = RedisPipe(client, depth=1)
+        pipe.send([("SET", "k", "1")], "first")
+        assert pipe.receive() == ([b"OK"], "first")
+        client.execute_command("REPLICAOF", "127.0.0.1", str(other))  # demoted
+        pipe.send([("SET", "k", "2")], "second")
+        with pytest.raises(redis.ConnectionError, match="read-only replica"):
+            pipe.receive()
+        assert not pipe.connected and pipe.abandon() == ["second"]
+    finally:
+        servers.stop()
+
+
+def _answers(client: redis.Redis) -> bool:
+    with contextlib.suppress(redis.ConnectionError):
+        return bool(client.ping())
+    return False
 
 
 def _refusal(c) -> str | None:
