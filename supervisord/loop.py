@@ -72,7 +72,8 @@ from supervisord.writer import Commit, Failure, Writer
 log = logging.getLogger("jobsup.master")
 
 _PROGRESS_EVERY = 0.2  # seconds between progress writes to Redis for one job
-_TIMERS = {"watchdog": 0.25, "reconcile": 0.1, "waiters": 0.1, "discover": 0.2, "slow": 1.0}
+_TIMERS = {"watchdog": 0.25, "reconcile": 0.1, "waiters": 0.1, "discover": 0.2, "slow": 1.0,
+           "nodes": 1.0}  # nodes: NodeRegistry.every, at most this
 
 
 class Master:
@@ -94,11 +95,10 @@ class Master:
         self._errors: list[float] = []
         self.polled = time.monotonic()  # when the last poll returned
         self._redis_fd: int | None = None
-        self._slow_out = self._gauges_out = False  # their Redis reads are out
+        self._slow_out = self._gauges_out = self._nodes_out = False  # their reads are out
         self.queued: int | None = None  # jobs waiting, as the last gauge update found
         self.bound: list[BoundFile | None] = []  # the ipc socket files this daemon made
         self.systemd = Systemd(Notifier(take_environment()), self.started_up, self.sd_status)
-        self._reassert = False  # Redis was away: hold the node id again once it is back
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -566,7 +566,6 @@ class Master:
             log.critical("Redis rejected a jobsup script (a bug; please report it): %s", exc)
         self.writer.failed(exc)
         self.metrics.redis_up.set(0)
-        self._reassert = True
 
     def commit(self, c: Commit) -> None:
         """A write is in Redis: acknowledge its submits, run its effects, take the jobs
@@ -687,6 +686,8 @@ class Master:
             self.scheduler.discover()
         if self.due("slow", now):
             self.slow_tick(now)
+        if self.due("nodes", now, every=self.nodes.every):
+            self.node_tick()
         self.next_timer = min(self.timers[name] for name in _TIMERS)
 
     def reconcile(self) -> None:
@@ -703,22 +704,15 @@ class Master:
         held = [*self.jobs.running, *self.scheduler.buffered_ids(),
                 *(r.job.id for w in self.workers.all() for r in w.ahead)]
         janitor = self.due("janitor", now, every=5.0)
-        lost = self.due("lost", now, every=self.settings.cfg.daemon.node_ttl / 2)
-        nodes, store = self.nodes, self.store
-        reassert, self._reassert = self._reassert, False
+        store = self.store
         sweep = expiry.sweep(self.settings.cfg) if janitor else []
 
         def read() -> tuple[list[str], list[tuple[str, str, str]]]:
-            nodes.beat()
-            if reassert:  # Redis was away: it may have lost the node id (ephemeral)
-                nodes.reassert()
             cancels = store.cancel_requested(held) if held else []
             expired = []
             if janitor:
                 store.expire()
                 expired = store.expire_queued(sweep)  # queued jobs past max_age
-            if lost:
-                nodes.recover_lost()
             return cancels, expired
 
         def done(found: tuple[list[str], list[tuple[str, str, str]]] | Exception) -> None:
@@ -739,6 +733,26 @@ class Master:
         self._slow_out = True
         self.reads.submit(read, done)
         self.waiters.recheck(self.jobs.running)
+
+    def node_tick(self) -> None:
+        """Heartbeat, and requeue the jobs of nodes whose heartbeat expired: one script
+        call, several times per node_ttl (``NodeRegistry.every``), off the loop."""
+        if self.writer.suspect() or self._nodes_out:
+            return  # Redis is down or slow, or the last beat is still out
+        nodes = self.nodes
+
+        def read() -> None:
+            nodes.reap(nodes.beat())
+
+        def done(found: Exception | None) -> None:
+            self._nodes_out = False
+            if isinstance(found, redis.RedisError):
+                self.redis_failed(found)
+            elif isinstance(found, Exception):
+                raise found
+
+        self._nodes_out = True
+        self.reads.submit(read, done)
 
     def update_gauges(self, now: float) -> None:
         m = self.metrics

@@ -127,9 +127,13 @@ def cooperative(payload: dict, ctx: JobContext) -> dict:
 
 def hold(payload: dict, ctx: JobContext) -> dict:
     """Blocks until the file ``payload["release"]`` exists (or ``seconds`` pass, or a
-    cancel), then returns."""
+    cancel), then returns; first appends the job id to ``payload["file"]`` if given
+    (so a test can count the runs)."""
     import time
 
+    if "file" in payload:
+        with open(payload["file"], "a") as fh:
+            fh.write(f"{ctx.job_id}\n")
     end = time.monotonic() + float(payload.get("seconds", 30.0))
     while time.monotonic() < end and not ctx.cancelled:
         if os.path.exists(payload["release"]):

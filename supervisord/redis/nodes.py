@@ -1,8 +1,11 @@
 """Nodes sharing one Redis: each claims its id, heartbeats, and recovers the dead.
 
-A node's heartbeat key expires ``node_ttl`` seconds after its last beat.  Any
-live node that finds a registered node without a heartbeat requeues the jobs
-that node held, as kind ``lost``, without burning an attempt.
+A node's heartbeat key expires ``node_ttl`` seconds after its last beat.  Every
+live node beats and looks for registered nodes without a heartbeat in one
+script call, four times per ``node_ttl`` and at least once a second, so a dead
+node's jobs are requeued (kind ``lost``, no attempt burned) within ``node_ttl``
+plus a second of its last beat, and a live node beats often enough that its key
+never lapses between two beats.
 """
 
 from __future__ import annotations
@@ -56,35 +59,33 @@ class NodeRegistry:
             except redis.WatchError:
                 return False
 
-    def beat(self) -> None:
-        key = self.store.keys.node(self.store.node)
-        holder = self.store.r.set(key, self.me, px=int(self.ttl * 1000), get=True)
-        if holder not in (None, self.me.encode()):
-            log.critical("node id %s was taken by another daemon (%s); two daemons share it, "
-                         "give each its own daemon.node_id", self.store.node, holder.decode())
+    @property
+    def every(self) -> float:
+        """Seconds between two heartbeats (and searches for dead nodes)."""
+        return min(1.0, self.ttl / 4)
 
-    def reassert(self) -> None:
-        """After Redis restarted: hold the node id and membership again, whatever the
-        restart kept (an ephemeral Redis keeps nothing)."""
-        r, keys, node = self.store.r, self.store.keys, self.store.node
-        r.set(keys.node(node), self.me, px=int(self.ttl * 1000))
-        r.sadd(keys.nodes, node)
+    def beat(self) -> list[str]:
+        """Heartbeat; returns the other registered nodes whose heartbeat has expired."""
+        store = self.store
+        holder, *dead = store.call("heartbeat", [store.prefix, store.node, self.me,
+                                                 int(self.ttl * 1000)])
+        if holder not in (b"", self.me.encode()):
+            log.critical("node id %s was taken by another daemon (%s); two daemons share it, "
+                         "give each its own daemon.node_id", store.node, holder.decode())
+        return [d.decode() for d in dead]
 
     def release(self) -> None:
         r, keys = self.store.r, self.store.keys
         if r.get(keys.node(self.store.node)) == self.me.encode():
             r.delete(keys.node(self.store.node))
 
-    def recover_lost(self) -> None:
-        r, keys = self.store.r, self.store.keys
-        for raw in r.smembers(keys.nodes):
-            node = raw.decode()
-            if node == self.store.node or r.exists(keys.node(node)):
-                continue
+    def reap(self, dead: list[str]) -> None:
+        """Requeue the jobs of nodes found dead (several nodes may find the same one: the
+        script does it once, and not at all if the node has beaten again meanwhile)."""
+        for node in dead:
             n = self.store.recover(node, "lost")
             if n:
                 log.warning("node %s stopped heartbeating; requeued %d of its job(s)", node, n)
-            r.srem(keys.nodes, node)
 
 
 def _alive(pid: int) -> bool:

@@ -181,7 +181,7 @@ class Store:
         self.prefix = prefix
         self.node = node
         self.sources = {name: _script(name) for name in (
-            "submit", "apply", "recover", "cancel", "janitor", "dlq", "expire")}
+            "submit", "apply", "recover", "cancel", "janitor", "dlq", "expire", "heartbeat")}
         self.sha: dict[str, str] = {}
         self._writes: RedisPipe | None = None  # for ``write`` outside the loop
         self.load_scripts()

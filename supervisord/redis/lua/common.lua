@@ -6,9 +6,11 @@ local function k_hist(id) return P .. ':hist:' .. id end
 local function k_out(id) return P .. ':out:' .. id end
 local function k_queue(jtype) return P .. ':queue:' .. jtype end
 local function k_owned(node) return P .. ':owned:' .. node end
+local function k_node(node) return P .. ':node:' .. node end
 local K_SCHEDULED = P .. ':scheduled'
 local K_EXPIRY = P .. ':expiry'
 local K_DLQ = P .. ':dlq'
+local K_NODES = P .. ':nodes'
 
 -- Move a job between status indexes; the score is its creation time so that
 -- listings come newest first.

@@ -6,6 +6,12 @@
 local node, now, reason, by = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local keep = {}
 for k = 6, #ARGV do keep[ARGV[k]] = true end
+if reason == 'lost' then
+  -- Judged dead from its heartbeat: unless it came back meanwhile (restarted
+  -- under the same id), it leaves the registry with its jobs, in this one step.
+  if redis.call('EXISTS', k_node(node)) == 1 then return 0 end
+  redis.call('SREM', K_NODES, node)
+end
 local owned = redis.call('HGETALL', k_owned(node))
 local n = 0
 for j = 1, #owned, 2 do
