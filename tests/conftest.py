@@ -301,7 +301,7 @@ def all_gone(pids: Iterable[int]) -> bool:
     return all(gone(pid) for pid in pids)
 
 
-def statuses(r: redis.Redis, ids: list[str], prefix: str = "jobsup") -> list[str | None]:
+def statuses(r: redis.Redis, ids: list[str], prefix: str = "{jobsup}") -> list[str | None]:
     """Job statuses straight from Redis, as the state of record has them."""
     pipe = r.pipeline(transaction=False)
     for job_id in ids:

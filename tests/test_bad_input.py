@@ -53,7 +53,7 @@ def unchanged(env) -> Iterator[Callable[[], None]]:
     r = server.client()
 
     def snapshot() -> tuple[int, set[bytes], int]:
-        return r.dbsize(), set(r.keys("*")), r.zcard("jobsup:idx:all")
+        return r.dbsize(), set(r.keys("*")), r.zcard("{jobsup}:idx:all")
 
     before = snapshot()
 
@@ -212,7 +212,7 @@ def _map(**fields: bytes) -> bytes:
 def test_deeply_nested_payload_is_invalid_and_reads_keep_working(env):
     daemon, server = env
     r = server.client()
-    stored = r.zcard("jobsup:idx:all")
+    stored = r.zcard("{jobsup}:idx:all")
     with daemon.client() as c:
         deep: list = []
         for _ in range(100):
@@ -223,7 +223,7 @@ def test_deeply_nested_payload_is_invalid_and_reads_keep_working(env):
         with pytest.raises(errors.ValidationError) as info:
             c.submit_many("echo", [{"ok": 1}, deep])
         assert "payloads[1]" in info.value.message
-        assert r.zcard("jobsup:idx:all") == stored  # nothing was queued
+        assert r.zcard("{jobsup}:idx:all") == stored  # nothing was queued
         # The limit itself is allowed: 64 levels, counting the outer map.
         ok: Any = 1
         for _ in range(63):
@@ -235,7 +235,7 @@ def test_deeply_nested_payload_is_invalid_and_reads_keep_working(env):
                                       type=_frame("echo"), payload=_deep(1023)))
     assert_error(reply, "validation", "64 levels")
     assert reply["rid"] == 5
-    assert r.zcard("jobsup:idx:all") == stored + 1  # only the allowed job
+    assert r.zcard("{jobsup}:idx:all") == stored + 1  # only the allowed job
     with daemon.client() as c:
         assert c.get(allowed).status == "succeeded"
         assert allowed in [j.id for j in c.jobs(limit=200)]

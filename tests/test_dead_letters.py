@@ -43,9 +43,9 @@ def test_list_retry_purge(daemon, redis_server):
         assert c.dead_letters() == []
         r = redis_server.client()
         for jid in failed:
-            assert not r.exists(f"jobsup:job:{jid}")
-            assert r.zscore("jobsup:idx:all", jid) is None
-            assert r.zscore("jobsup:idx:status:failed", jid) is None
+            assert not r.exists(f"{{jobsup}}:job:{jid}")
+            assert r.zscore("{jobsup}:idx:all", jid) is None
+            assert r.zscore("{jobsup}:idx:status:failed", jid) is None
 
 
 @pytest.mark.timeout(60)

@@ -52,7 +52,7 @@ def test_daemon_uses_url_credentials(daemon_factory, password_redis: Path):
     with d.client() as c:
         assert c.wait(c.submit("add", {"a": 20, "b": 22}), timeout=20).result == 42
     r = redis.Redis(unix_socket_path=str(password_redis), username="jobsup", password="s3cret")
-    assert r.exists("jobsup:idx:all")
+    assert r.exists("{jobsup}:idx:all")
 
 
 @pytest.mark.timeout(60)

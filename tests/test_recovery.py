@@ -21,7 +21,7 @@ from supervisord.errors import Unavailable
 from supervisord.redis.embedded import EmbeddedRedis
 from tests.conftest import Daemon, all_gone, gone, statuses, wait_for
 
-PREFIX = "jobsup"
+PREFIX = "{jobsup}"
 
 
 

@@ -18,7 +18,7 @@ import redis
 from supervisord.errors import ShuttingDown, Unavailable
 from tests.conftest import Daemon, all_gone, statuses, wait_for, write_config
 
-PREFIX = "jobsup"
+PREFIX = "{jobsup}"
 
 
 

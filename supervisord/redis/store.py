@@ -178,7 +178,7 @@ class Store:
         self.r = client
         self.replicas = replicas
         self.keys = Keys(prefix)
-        self.prefix = prefix
+        self.prefix = self.keys.base  # what the scripts get as ARGV[1]
         self.node = node
         self.sources = {name: _script(name) for name in (
             "submit", "apply", "recover", "cancel", "janitor", "dlq", "expire", "heartbeat")}
@@ -201,9 +201,9 @@ class Store:
         for attempt in (1, 2):
             try:
                 if wait is None:
-                    return self.r.evalsha(self.sha[name], 0, *argv)
+                    return self.r.evalsha(self.sha[name], 1, self.keys.anchor, *argv)
                 with self.r.pipeline(transaction=False) as pipe:  # one connection: WAIT
-                    pipe.evalsha(self.sha[name], 0, *argv)  # covers the call before it
+                    pipe.evalsha(self.sha[name], 1, self.keys.anchor, *argv)  # WAIT covers it
                     pipe.execute_command(*wait)
                     return self.replicas.confirmed(pipe.execute())[0]
             except redis.exceptions.NoScriptError as exc:
@@ -243,9 +243,10 @@ class Store:
         pass only submits), and reads of the records someone waits for."""
         commands = []
         if submits:
-            commands.append(("EVALSHA", self.sha["submit"], 0, *self.submit_argv(submits, now)))
+            commands.append(("EVALSHA", self.sha["submit"], 1, self.keys.anchor,
+                             *self.submit_argv(submits, now)))
         if ops or wants or promote_limit or not submits:
-            commands.append(("EVALSHA", self.sha["apply"], 0,
+            commands.append(("EVALSHA", self.sha["apply"], 1, self.keys.anchor,
                              *self.apply_argv(ops, wants, now, promote_limit, routes, breakers)))
         for op in ops:
             if op.record:  # plain reads after the script: far cheaper than inside Lua

@@ -1,5 +1,7 @@
--- Shared by every jobsup script; ARGV[1] is always the key prefix.
--- Key names must match supervisord/keys.py.
+-- Shared by every jobsup script; ARGV[1] is always the keys' base, '{prefix}'
+-- (the braces make the prefix every key's hash tag: one Redis Cluster slot),
+-- and KEYS[1] is the prefix's nodes set, declared so that Redis routes the call
+-- to that slot.  Key names must match supervisord/redis/keys.py.
 local P = ARGV[1]
 local function k_job(id) return P .. ':job:' .. id end
 local function k_hist(id) return P .. ':hist:' .. id end
