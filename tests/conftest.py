@@ -189,14 +189,15 @@ class Daemon:
         self.sections = sections
         self.config = write_config(directory / "jobsup.toml", sections)
         self.log = directory / "daemon.log"
+        self.root = ROOT  # the source tree it runs from (another version's, in a test)
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> Daemon:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(self.root), PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisord", "-c", str(self.config), "run"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env)
         if wait:
             self.wait_ready()
         return self
