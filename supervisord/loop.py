@@ -50,7 +50,6 @@ from supervisord.pool.watchdog import Watchdog
 from supervisord.pool.workers import Workers
 from supervisord.redis.connect import connect
 from supervisord.redis.embedded import EmbeddedRedis
-from supervisord.redis.layout import migrate_untagged
 from supervisord.redis.nodes import NodeRegistry
 from supervisord.redis.reader import Reads
 from supervisord.redis.replicas import Replicas
@@ -216,7 +215,7 @@ class Master:
             url = self.embedded.url
         self.store = Store(connect(url, cfg.redis), cfg.redis.prefix, settings.node,
                            Replicas(cfg.redis.min_replicas, cfg.redis.replica_timeout))
-        migrate_untagged(self.store.r, cfg.redis.prefix)  # before any key of this node
+        self.store.migrate_layout()  # before any key of this node is written
         self.nodes = NodeRegistry(self.store, cfg.daemon.node_ttl)
         self.nodes.claim()
         recovered = self.store.recover(settings.node, "interrupted")

@@ -18,6 +18,7 @@ import msgpack
 import redis
 
 from supervisord.redis.keys import Keys
+from supervisord.redis.layout import migrate_untagged
 from supervisord.redis.pipe import RedisPipe, read_pipelined
 from supervisord.redis.replicas import NO_REPLICAS, Replicas
 from supervisord.redis.scripts import RESERVED_FIELDS, OpArgs
@@ -185,6 +186,11 @@ class Store:
         self.sha: dict[str, str] = {}
         self._writes: RedisPipe | None = None  # for ``write`` outside the loop
         self.load_scripts()
+
+    def migrate_layout(self) -> int:
+        """Rename the keys an older jobsup wrote without the hash tag (once; see
+        ``layout.py``); returns how many it moved."""
+        return migrate_untagged(self.r, self.keys.prefix)
 
     def pipe(self, depth: int = 2) -> RedisPipe:
         """A connection of its own for the loop's writes in flight."""
