@@ -211,7 +211,7 @@ def test_master_killed_under_load_fails_over_without_loss(daemon_factory, sentin
                    "the sentinels to agree on the master")
     with redis.Redis(port=now) as r:
         assert r.execute_command("ROLE")[0] == b"master"
-        assert r.hget(f"jobsup:job:{next(iter(submits.acked))}", "status") == b"succeeded"
+        assert r.hget(f"{{jobsup}}:job:{next(iter(submits.acked))}", "status") == b"succeeded"
 
 
 @pytest.mark.timeout(90)
