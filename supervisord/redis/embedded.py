@@ -54,6 +54,19 @@ def find_server(configured: str | None = None) -> str:
     )
 
 
+def log_tail(path: Path | str, lines: int = 4, skip: str | None = None) -> str:
+    """The last lines of a supervised child's log, on one line, for the message that
+    says it died: the operator sees why without opening the file."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
+            tail = [line for line in fh.read().decode(errors="replace").splitlines()
+                    if not skip or skip not in line][-lines:]
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+    return " | ".join(line.strip() for line in tail if line.strip()) or "(empty)"
+
+
 def restart_delay(failures: int, deaths: int) -> float:
     """Seconds before the next start, given ``failures`` servers in a row that died before
     they were ready, and ``deaths`` in the last minute.  A server that was serving and
@@ -229,14 +242,7 @@ class EmbeddedRedis:
         return self.restart_at is not None and now >= self.restart_at
 
     def log_tail(self, lines: int = 4) -> str:
-        try:
-            with open(self.logfile, "rb") as fh:
-                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
-                tail = [line for line in fh.read().decode(errors="replace").splitlines()
-                        if "overcommit" not in line][-lines:]  # a warning at every start
-        except OSError as exc:
-            return f"(unreadable: {exc})"
-        return " | ".join(line.strip() for line in tail if line.strip()) or "(empty)"
+        return log_tail(self.logfile, lines, skip="overcommit")  # a warning at every start
 
     def _protect(self) -> None:
         """Files an earlier version (or another umask) left readable become 0600."""

@@ -30,7 +30,7 @@ import zmq.auth
 from supervisord import __version__
 from supervisord.config import Config
 from supervisord.errors import ConfigError
-from supervisord.redis.embedded import restart_delay
+from supervisord.redis.embedded import log_tail, restart_delay
 
 log = logging.getLogger("jobsup.web")
 
@@ -154,20 +154,12 @@ class WebProcess:
         how = (f"killed by signal {signal.Signals(-status).name}" if status is not None
                and status < 0 else f"exited with status {status}")
         log.error("web process pid %d %s after %.1fs; restarting it in %.1fs. Its log (%s) "
-                  "ends: %s", self.proc.pid, how, lived, delay, self.logfile, self.log_tail())
+                  "ends: %s", self.proc.pid, how, lived, delay, self.logfile,
+                  log_tail(self.logfile))
         return delay
 
     def restart_due(self, now: float) -> bool:
         return self.restart_at is not None and now >= self.restart_at
-
-    def log_tail(self, lines: int = 4) -> str:
-        try:
-            with open(self.logfile, "rb") as fh:
-                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 4096))
-                tail = fh.read().decode(errors="replace").splitlines()[-lines:]
-        except OSError as exc:
-            return f"(unreadable: {exc})"
-        return " | ".join(line.strip() for line in tail if line.strip()) or "(empty)"
 
     def _close_pidfd(self) -> None:
         if self.pidfd is not None:
